@@ -1,0 +1,363 @@
+"""Config: reads RETURNN-style config files (Python, JSON, line-based) and command-line overrides; typed getters."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import os
+import re
+import traceback
+import types
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .config_keys import KNOWN_CONFIG_KEYS
+from .errors import ConfigError
+
+_NOT_SET = object()
+_LINE_CONFIG_RE = re.compile(r"^\s*(#.*)?$|^\s*[A-Za-z_][\w.\-]*\s+\S")
+# Names every Python config has and which are no config keys.
+_PYTHON_CONFIG_BUILTINS = {"config", "__file__", "__name__", "__builtins__"}
+
+
+class Config:
+    """Holds the config keys of one run; every getter records which keys were read."""
+
+    def __init__(self, items: Optional[Dict[str, Any]] = None):
+        self.typed_dict: Dict[str, Any] = {}
+        self.dict: Dict[str, List[str]] = {}  # line-based entries, as strings, like RETURNN
+        self.files: List[str] = []
+        self._read_keys: set = set()
+        if items:
+            self.typed_dict.update(items)
+
+    # ---- loading -------------------------------------------------------------------------------------------------
+
+    def load_file(self, filename: str) -> None:
+        """Adds the keys of a config file; the format is detected from the content."""
+        if not os.path.isfile(filename):
+            raise ConfigError(f"Config file not found: {filename!r}")
+        with open(filename, encoding="utf-8") as f:
+            content = f.read()
+        self.files.append(filename)
+        stripped = content.strip()
+        if stripped.startswith("{"):
+            self._load_json(content, filename)
+        elif stripped.startswith("#!") or filename.endswith(".py") or not _looks_line_based(stripped):
+            self._exec_python(content, filename)
+        else:
+            self._load_lines(content, filename)
+
+    def _load_json(self, content: str, filename: str) -> None:
+        try:
+            data = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"JSON error in config file {filename}, line {exc.lineno}: {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"JSON config file {filename} must hold an object at the top level")
+        self.typed_dict.update(data)
+
+    def _exec_python(self, content: str, filename: str) -> None:
+        try:
+            code = compile(content, filename, "exec")
+        except SyntaxError as exc:
+            line = (exc.text or "").rstrip()
+            raise ConfigError(
+                f"Python syntax error in config file {filename}, line {exc.lineno}: {exc.msg}\n    {line}"
+            ) from None
+        namespace = self.typed_dict  # functions defined in the config see the other keys as their globals
+        namespace.update({"config": self, "__file__": filename, "__name__": "__returnn_config__"})
+        try:
+            exec(code, namespace)
+        except Exception as exc:  # report the config's own line, not ours
+            frames = [fr for fr in traceback.extract_tb(exc.__traceback__) if fr.filename == filename]
+            where = f", line {frames[-1].lineno}" if frames else ""
+            raise ConfigError(
+                f"Error while running config file {filename}{where}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _load_lines(self, content: str, filename: str) -> None:
+        for line_no, line in enumerate(content.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise ConfigError(f"Config file {filename}, line {line_no}: expected 'key value', got {line!r}")
+            self.add_line(parts[0], parts[1])
+
+    def add_line(self, key: str, value: str) -> None:
+        """Adds a line-based entry (string value, comma-separated lists), like RETURNN's ``key value`` lines."""
+        if key in self.typed_dict:
+            self.typed_dict[key] = _parse_override(value, self.typed_dict[key])
+        else:
+            self.dict[key] = value.split(",") if "," in value else [value]
+
+    def parse_cmd_args(self, args: Sequence[str]) -> None:
+        """Applies ``++key value`` / ``--key value`` pairs; values are Python literals where they parse as one."""
+        args = list(args)
+        if len(args) % 2:
+            raise ConfigError(f"Command-line overrides must come as '++key value' pairs, got: {args}")
+        for key, value in zip(args[0::2], args[1::2]):
+            if not (key.startswith("++") or key.startswith("--")) or len(key) < 3:
+                raise ConfigError(f"Expected '++key' or '--key' on the command line, got {key!r}")
+            if value.startswith("+-"):  # RETURNN's way to pass a negative number: ++threshold +-0.1
+                value = value[1:]
+            key = key[2:]
+            self.dict.pop(key, None)
+            self.typed_dict[key] = _parse_override(value, self.typed_dict.get(key, _NOT_SET))
+
+    def update(self, items: Dict[str, Any]) -> None:
+        """Sets several typed keys."""
+        self.typed_dict.update(items)
+
+    def set(self, key: str, value: Any) -> None:
+        """Sets one typed key."""
+        self.dict.pop(key, None)
+        self.typed_dict[key] = value
+
+    # ---- getters -------------------------------------------------------------------------------------------------
+
+    def has(self, key: str) -> bool:
+        """Whether the key is set (to anything but None)."""
+        self._read_keys.add(key)
+        if key in self.typed_dict:
+            return self.typed_dict[key] is not None
+        return key in self.dict
+
+    def typed_value(self, key: str, default: Any = None, index: Optional[int] = None) -> Any:
+        """The value as the config has it (Python object); line-based entries come as strings."""
+        self._read_keys.add(key)
+        if key in self.typed_dict:
+            value = self.typed_dict[key]
+            if value is None:
+                return default
+        elif key in self.dict:
+            parts = self.dict[key]
+            value = parts[0] if len(parts) == 1 else parts
+        else:
+            return default
+        if index is not None and isinstance(value, (list, tuple)):
+            value = value[index]
+        return value
+
+    def opt_typed_value(self, key: str, default: Any = None) -> Any:
+        """Like :func:`typed_value`, but line-based (string) entries count as unset."""
+        if key in self.typed_dict:
+            return self.typed_value(key, default)
+        return default
+
+    def value(self, key: str, default: Any = None, index: Optional[int] = None, list_join_str: str = ",") -> Any:
+        """The value as a string (lists joined), or `default`."""
+        value = self.typed_value(key, _NOT_SET)
+        if value is _NOT_SET:
+            return default
+        if isinstance(value, (list, tuple)):
+            if index is not None:
+                return str(value[index])
+            return list_join_str.join(str(v) for v in value)
+        return value if isinstance(value, str) else str(value)
+
+    def int(self, key: str, default: Any = None, index: int = 0) -> Any:
+        """The value as an int; a clear error when it is something else."""
+        value = self.typed_value(key, _NOT_SET)
+        if value is _NOT_SET:
+            return default
+        if isinstance(value, (list, tuple)):
+            value = value[index]
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise self.type_error(key, value, "an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise self.type_error(key, value, "an integer")
+            return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise self.type_error(key, value, "an integer") from None
+
+    def float(self, key: str, default: Any = None, index: int = 0) -> Any:
+        """The value as a float; a clear error when it is something else."""
+        value = self.typed_value(key, _NOT_SET)
+        if value is _NOT_SET:
+            return default
+        if isinstance(value, (list, tuple)):
+            value = value[index]
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.type_error(key, value, "a number")
+        try:
+            return float(value)
+        except ValueError:
+            raise self.type_error(key, value, "a number") from None
+
+    def bool(self, key: str, default: Any = None, index: int = 0) -> Any:
+        """The value as a bool (also from strings like 'true'/'0'); a clear error otherwise."""
+        value = self.typed_value(key, _NOT_SET)
+        if value is _NOT_SET:
+            return default
+        if isinstance(value, (list, tuple)):
+            value = value[index]
+        parsed = _parse_bool(value)
+        if parsed is None:
+            raise self.type_error(key, value, "a bool")
+        return parsed
+
+    def bool_or_other(self, key: str, default: Any = None, index: int = 0) -> Any:
+        """The value as a bool where it is one, else the value itself (e.g. a dict of options)."""
+        value = self.typed_value(key, _NOT_SET)
+        if value is _NOT_SET:
+            return default
+        parsed = _parse_bool(value)
+        return value if parsed is None else parsed
+
+    def is_true(self, key: str, default: bool = False) -> bool:
+        """Whether the key holds a true value."""
+        return bool(self.bool_or_other(key, default))
+
+    def list(self, key: str, default: Optional[list] = None) -> list:
+        """The value as a list (a single value becomes a one-element list)."""
+        value = self.typed_value(key, _NOT_SET)
+        if value is _NOT_SET:
+            return [] if default is None else default
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return [value]
+
+    def int_list(self, key: str, default: Optional[list] = None) -> List[int]:
+        """The value as a list of ints."""
+        return [self._coerce(key, v, int, "a list of integers") for v in self.list(key, default)]
+
+    def float_list(self, key: str, default: Optional[list] = None) -> List[float]:
+        """The value as a list of floats."""
+        return [self._coerce(key, v, float, "a list of numbers") for v in self.list(key, default)]
+
+    def get_of_type(self, key: str, types_: Any, default: Any = None) -> Any:
+        """The typed value if it is of `types_`, else `default`."""
+        value = self.typed_value(key, _NOT_SET)
+        return value if value is not _NOT_SET and isinstance(value, types_) else default
+
+    def _coerce(self, key: str, value: Any, type_: type, what: str) -> Any:
+        if isinstance(value, bool):
+            raise self.type_error(key, value, what)
+        try:
+            return type_(value)
+        except (TypeError, ValueError):
+            raise self.type_error(key, value, what) from None
+
+    # ---- diagnostics ---------------------------------------------------------------------------------------------
+
+    def where(self) -> str:
+        """Names the config file(s) for error messages."""
+        if not self.files:
+            return "the config"
+        return "config file " + ", ".join(self.files)
+
+    def type_error(self, key: str, value: Any, expected: str) -> ConfigError:
+        """The error for a key of the wrong type."""
+        return ConfigError(
+            f"Config key {key!r} must be {expected}, got {value!r} ({type(value).__name__}) in {self.where()}"
+        )
+
+    def user_keys(self) -> List[str]:
+        """Keys the user set that look like settings (no functions, classes, modules or private names)."""
+        keys = []
+        for key, value in self.typed_dict.items():
+            if key in _PYTHON_CONFIG_BUILTINS or key.startswith("_"):
+                continue
+            if isinstance(value, (types.ModuleType, types.FunctionType, type)) or callable(value):
+                continue
+            keys.append(key)
+        return keys + list(self.dict)
+
+    def misspelt_keys(self) -> Dict[str, str]:
+        """Unknown keys that closely resemble a known key (which itself is unset): {given: meant}."""
+        result = {}
+        for key in self.user_keys():
+            if key in KNOWN_CONFIG_KEYS or key in self._read_keys:
+                continue
+            candidates = [k for k in KNOWN_CONFIG_KEYS if k not in self.typed_dict and k not in self.dict]
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.85)
+            if close:
+                result[key] = close[0]
+        return result
+
+    def check_misspelt_keys(self) -> None:
+        """Raises for keys that look like typos of known keys (a misspelt key must not pass silently)."""
+        if not self.bool("check_unused_config_keys", True):
+            return
+        misspelt = self.misspelt_keys()
+        if misspelt:
+            lines = [f"{given!r} (did you mean {meant!r}?)" for given, meant in sorted(misspelt.items())]
+            raise ConfigError(
+                f"Unknown config key(s) in {self.where()}: "
+                + "; ".join(lines)
+                + ". Set check_unused_config_keys = False to allow them."
+            )
+
+    def unread_keys(self) -> List[str]:
+        """User keys that nothing read so far (reported at the end of a run)."""
+        return sorted(k for k in self.user_keys() if k not in self._read_keys and k not in KNOWN_CONFIG_KEYS)
+
+    def mark_read(self, keys: Iterable[str]) -> None:
+        """Marks keys as used (e.g. keys read by dataset code from the dict)."""
+        self._read_keys.update(keys)
+
+
+def _looks_line_based(content: str) -> bool:
+    """Line-based configs consist of ``key value`` lines only, which is never valid Python."""
+    lines = content.splitlines()
+    if not all(_LINE_CONFIG_RE.match(line) for line in lines):
+        return False
+    try:
+        ast.parse(content)
+    except SyntaxError:
+        return True
+    return False
+
+
+def _parse_override(value: str, previous: Any) -> Any:
+    """A command-line value: kept as string where the config had a string, else a Python literal if it is one."""
+    if isinstance(previous, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return value
+
+
+def _parse_bool(value: Any) -> Optional[bool]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0", "none"):
+            return False
+    if value is None:
+        return False
+    return None
+
+
+_global_config: Optional[Config] = None
+
+
+def set_global_config(config: Optional[Config]) -> None:
+    """Sets the config of the running process (as Mini-RETURNN's ``get_global_config`` returns it)."""
+    global _global_config
+    _global_config = config
+
+
+def get_global_config(raise_exception: bool = True, auto_create: bool = False) -> Optional[Config]:
+    """The config of the running process."""
+    global _global_config
+    if _global_config is None and auto_create:
+        _global_config = Config()
+    if _global_config is None and raise_exception:
+        raise RuntimeError("No global config set")
+    return _global_config
+
+
+__all__ = ["Config", "set_global_config", "get_global_config"]

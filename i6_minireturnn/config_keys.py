@@ -1,0 +1,20 @@
+"""The config keys the runtime and Mini-RETURNN configs use, so that a misspelt key is caught, not ignored."""
+
+KNOWN_CONFIG_KEYS = frozenset("""
+    task device train dev eval_datasets forward eval search_data
+    batch_size max_seqs max_seq_length min_seq_length chunking_options batch_drop_last
+    num_workers_per_gpu torch_dataloader_opts
+    num_epochs start_epoch save_interval model load load_epoch import_model_train_epoch1 preload_from_files
+    load_ignore_missing_vars allow_missing_optimizer_checkpoint cleanup_old_models
+    optimizer learning_rate learning_rates learning_rate_control learning_rate_file min_learning_rate
+    learning_rate_control_error_measure learning_rate_control_min_num_epochs_per_new_lr
+    learning_rate_control_relative_error_relative_lr relative_error_div_by_old newbob_relative_error_div_by_old
+    newbob_learning_rate_decay newbob_learning_rate_growth newbob_relative_error_threshold
+    newbob_relative_error_grow_threshold newbob_error_threshold newbob_multi_num_epochs newbob_multi_update_interval
+    learning_rate_decay learning_rate_growth
+    weight_decay gradient_clip gradient_clip_norm gradient_clip_norm_invalid_gradient_threshold gradient_noise
+    accum_grad_multiple_step torch_amp_options stop_on_nonfinite_train_score
+    get_model train_step forward_step forward_init_hook forward_finish_hook CustomEngine
+    random_seed log log_verbosity log_step_interval log_progress_interval check_unused_config_keys
+    use_cache_manager use_tensorflow backend target extern_data num_inputs num_outputs
+    """.split())

@@ -1,0 +1,224 @@
+"""Dataset base: epoch-wise sequence order, data keys (dim / shape / dtype / sparse), per-sequence numpy dicts."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .seq_order import compute_seq_order
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """What one data stream holds: ``shape`` excludes the time axis ((None,) for a sparse label stream)."""
+
+    name: str
+    dim: Optional[int]
+    dtype: str
+    sparse: bool = False
+    shape: Tuple[Optional[int], ...] = ()
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes of one sequence, time axis included."""
+        return 1 + len(self.shape)
+
+
+class Dataset:
+    """Base of all datasets.
+
+    Subclasses provide the corpus (``_corpus_size``, ``_load_seq``, ``_corpus_seq_tag`` and, where known cheaply,
+    ``_corpus_seq_lengths``) and their ``data_keys``; this class turns it into the epoch's sequence list.
+    ``seq_idx`` below always means the position in the current epoch, ``corpus_idx`` the position in the corpus.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: Optional[str] = None,
+        seq_ordering: str = "default",
+        partition_epoch: int = 1,
+        random_seed_offset: int = 0,
+        fixed_random_seed: Optional[int] = None,
+    ):
+        self.name = name or type(self).__name__
+        self.seq_ordering = seq_ordering
+        if not isinstance(partition_epoch, int) or partition_epoch < 1:
+            raise ConfigError(f"Dataset {self.name}: partition_epoch must be a positive int, got {partition_epoch!r}")
+        self.partition_epoch = partition_epoch
+        self.random_seed_offset = random_seed_offset
+        self.fixed_random_seed = fixed_random_seed
+        self.data_keys: Dict[str, DataKey] = {}
+        self.epoch: Optional[int] = None
+        self._epoch_order: Optional[List[int]] = None
+
+    # ---- to be implemented by subclasses -------------------------------------------------------------------------
+
+    def _corpus_size(self) -> int:
+        raise NotImplementedError
+
+    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+        return f"seq-{corpus_idx}"
+
+    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+        """Lengths per data key without loading the data (estimates are fine); None where unknown."""
+        return None
+
+    # ---- epoch ---------------------------------------------------------------------------------------------------
+
+    def random_seed_for_epoch(self, epoch: int) -> int:
+        """The shuffling seed of an epoch; sub-epochs of one full epoch share it."""
+        if self.fixed_random_seed is not None:
+            return self.fixed_random_seed
+        full_epoch = (epoch - 1) // self.partition_epoch + 1
+        return full_epoch + self.random_seed_offset
+
+    def init_seq_order(
+        self,
+        epoch: Optional[int] = None,
+        seq_list: Optional[Sequence[str]] = None,
+        seq_order: Optional[Sequence[int]] = None,
+    ) -> bool:
+        """Fixes the sequences of `epoch` (1-based); `seq_list` (tags) or `seq_order` (corpus indices) override."""
+        epoch = epoch or 1
+        self.epoch = epoch
+        if seq_order is not None:
+            self._epoch_order = [int(i) for i in seq_order]
+            return True
+        if seq_list is not None:
+            self._epoch_order = self._corpus_indices_for_tags(seq_list)
+            return True
+        full_order = compute_seq_order(
+            self._corpus_size(),
+            self.seq_ordering,
+            seed=self.random_seed_for_epoch(epoch),
+            get_seq_len=self._corpus_length_for_sorting if self.knows_seq_lengths() else None,
+        )
+        part = (epoch - 1) % self.partition_epoch
+        self._epoch_order = [
+            int(i) for i in np.array_split(np.asarray(full_order, dtype=np.int64), self.partition_epoch)[part]
+        ]
+        return True
+
+    def _corpus_indices_for_tags(self, tags: Sequence[str]) -> List[int]:
+        index = {self._corpus_seq_tag(i): i for i in range(self._corpus_size())}
+        missing = [t for t in tags if t not in index]
+        if missing:
+            raise DataError(f"Dataset {self.name}: sequence tag(s) not found: {missing[:5]}")
+        return [index[t] for t in tags]
+
+    def _corpus_length_for_sorting(self, corpus_idx: int) -> int:
+        lengths = self._corpus_seq_lengths(corpus_idx) or {}
+        key = "data" if "data" in lengths else next(iter(lengths), None)
+        return lengths[key] if key is not None else 0
+
+    def _order(self) -> List[int]:
+        if self._epoch_order is None:
+            raise RuntimeError(f"Dataset {self.name}: call init_seq_order(epoch) first")
+        return self._epoch_order
+
+    # ---- access --------------------------------------------------------------------------------------------------
+
+    @property
+    def num_seqs(self) -> int:
+        """Number of sequences in the current epoch."""
+        return len(self._order())
+
+    def knows_seq_lengths(self) -> bool:
+        """Whether lengths are known without loading data (then batches can be planned up front)."""
+        return type(self)._corpus_seq_lengths is not Dataset._corpus_seq_lengths
+
+    def corpus_index(self, seq_idx: int) -> int:
+        """The corpus index of the epoch's `seq_idx`-th sequence."""
+        return self._order()[seq_idx]
+
+    def get_seq(self, seq_idx: int) -> Dict[str, Any]:
+        """One sequence: numpy arrays per data key (time axis first) plus ``seq_tag`` and ``seq_idx``."""
+        return self.get_corpus_seq(self.corpus_index(seq_idx), seq_idx=seq_idx)
+
+    def get_corpus_seq(self, corpus_idx: int, *, seq_idx: int) -> Dict[str, Any]:
+        """Like :func:`get_seq`, addressed by corpus index (what loader workers use: no epoch state needed)."""
+        seq = dict(self._load_seq(corpus_idx))
+        seq["seq_tag"] = self._corpus_seq_tag(corpus_idx)
+        seq["seq_idx"] = seq_idx
+        return seq
+
+    def get_seq_length(self, seq_idx: int) -> Dict[str, int]:
+        """Lengths per data key of the epoch's `seq_idx`-th sequence (may be estimates)."""
+        corpus_idx = self.corpus_index(seq_idx)
+        lengths = self._corpus_seq_lengths(corpus_idx)
+        if lengths is None:
+            seq = self._load_seq(corpus_idx)
+            lengths = {k: int(v.shape[0]) if v.ndim else 1 for k, v in seq.items()}
+        return lengths
+
+    def get_seq_tag(self, seq_idx: int) -> str:
+        """The tag of the epoch's `seq_idx`-th sequence."""
+        return self._corpus_seq_tag(self.corpus_index(seq_idx))
+
+    def get_all_tags(self) -> List[str]:
+        """All sequence tags of the corpus, in corpus order."""
+        return [self._corpus_seq_tag(i) for i in range(self._corpus_size())]
+
+    def get_total_num_seqs(self) -> int:
+        """Number of sequences in the whole corpus (all sub-epochs)."""
+        return self._corpus_size()
+
+    # ---- data keys (also RETURNN's accessors) --------------------------------------------------------------------
+
+    def get_data_keys(self) -> List[str]:
+        """Names of the data streams."""
+        return list(self.data_keys)
+
+    def get_data_dim(self, key: str) -> Optional[int]:
+        """Feature dimension, or the number of classes for a sparse stream."""
+        return self._key(key).dim
+
+    def get_data_dtype(self, key: str) -> str:
+        """numpy dtype name of the stream."""
+        return self._key(key).dtype
+
+    def is_data_sparse(self, key: str) -> bool:
+        """Whether the stream holds class indices."""
+        return self._key(key).sparse
+
+    def get_data_shape(self, key: str) -> List[Optional[int]]:
+        """Shape of one time frame (empty for sparse streams)."""
+        return list(self._key(key).shape)
+
+    @property
+    def num_outputs(self) -> Dict[str, Tuple[Optional[int], int]]:
+        """RETURNN's ``{key: (dim, ndim)}`` (ndim 1 for sparse, 2 for dense frames)."""
+        return {k: (v.dim, 1 if v.sparse else v.ndim) for k, v in self.data_keys.items()}
+
+    def _key(self, key: str) -> DataKey:
+        if key not in self.data_keys:
+            raise DataError(f"Dataset {self.name} has no data key {key!r}; it has: {', '.join(self.data_keys)}")
+        return self.data_keys[key]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def check_dataset_kwargs(cls: type, kwargs: Dict[str, Any], name: str) -> None:
+    """Raises a clear error for dataset options the class does not take (instead of a bare TypeError)."""
+    accepted = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters
+            accepted.update(p for p in params if p != "self")
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"Dataset {name!r} ({cls.__name__}) got unknown option(s): {', '.join(hints)}")

@@ -1,0 +1,131 @@
+"""Turns a dataset epoch into an iterable of collated batches, loaded in worker processes.
+
+Where the dataset knows its sequence lengths, the epoch's batches are planned up front from (seed, epoch)
+and workers load planned batches by index: the result is the same for any number of workers.
+Datasets without known lengths are streamed through one worker and batched on the fly (same batches).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.utils.data
+
+from ..errors import DataError
+from .batching import BatchLimits, group_into_batches, plan_batches
+from .collate import collate_batch
+from .dataset import Dataset
+
+Batch = Dict[str, Any]
+
+
+@dataclass
+class PipelineOptions:
+    """The config keys of the data pipeline."""
+
+    limits: BatchLimits
+    drop_last: bool = False
+    num_workers: int = 1
+    pin_memory: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any, *, device: str) -> PipelineOptions:
+        """Reads ``batch_size``, ``max_seqs``, ``batch_drop_last``, ``num_workers_per_gpu``."""
+        batch_size = config.typed_value("batch_size", 1)
+        if isinstance(batch_size, str):
+            batch_size = config.int("batch_size", 1)
+        limits = BatchLimits(batch_size, config.int("max_seqs", -1))
+        num_workers = config.int("num_workers_per_gpu", 1)
+        return cls(
+            limits=limits,
+            drop_last=config.bool("batch_drop_last", False),
+            num_workers=max(0, num_workers),
+            pin_memory=device.startswith("cuda"),
+        )
+
+
+class _PlannedBatches(torch.utils.data.Dataset):
+    """Map-style: batch index -> collated batch; the plan holds (corpus_idx, seq_idx) pairs."""
+
+    def __init__(self, dataset: Dataset, plan: List[List[Tuple[int, int]]]):
+        self.dataset = dataset
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> Batch:
+        return collate_batch([self.dataset.get_corpus_seq(c, seq_idx=s) for c, s in self.plan[index]])
+
+
+class _StreamedBatches(torch.utils.data.IterableDataset):
+    """Iterable: loads sequences in epoch order and batches them as they come (lengths unknown up front)."""
+
+    def __init__(self, dataset: Dataset, options: PipelineOptions):
+        self.dataset = dataset
+        self.options = options
+
+    def __iter__(self) -> Iterator[Batch]:
+        seqs: Dict[int, Dict[str, Any]] = {}
+
+        def with_lengths() -> Iterator[Tuple[int, Dict[str, int]]]:
+            for seq_idx in range(self.dataset.num_seqs):
+                seq = self.dataset.get_seq(seq_idx)
+                seqs[seq_idx] = seq
+                yield seq_idx, {k: int(v.shape[0]) for k, v in seq.items() if hasattr(v, "shape") and v.ndim}
+
+        for batch in group_into_batches(with_lengths(), self.options.limits, drop_last=self.options.drop_last):
+            yield collate_batch([seqs.pop(i) for i in batch])
+
+
+class EpochBatches:
+    """The batches of one dataset epoch; ``num_batches`` is known where the batches were planned."""
+
+    def __init__(self, dataset: Dataset, epoch: int, options: PipelineOptions):
+        self.dataset = dataset
+        self.epoch = epoch
+        self.options = options
+        dataset.init_seq_order(epoch)
+        if dataset.num_seqs == 0:
+            raise DataError(f"Dataset {dataset.name!r} has no sequences in epoch {epoch}")
+        self.plan: Optional[List[List[Tuple[int, int]]]] = None
+        if dataset.knows_seq_lengths():
+            lengths = [dataset.get_seq_length(i) for i in range(dataset.num_seqs)]
+            batches = plan_batches(lengths, options.limits, drop_last=options.drop_last)
+            self.plan = [[(dataset.corpus_index(i), i) for i in batch] for batch in batches]
+            if not self.plan:
+                raise DataError(f"Dataset {dataset.name!r}: no batch left in epoch {epoch} (batch_drop_last?)")
+
+    @property
+    def num_batches(self) -> Optional[int]:
+        """Number of batches, or None for a streamed dataset."""
+        return None if self.plan is None else len(self.plan)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.plan is not None:
+            source: torch.utils.data.Dataset = _PlannedBatches(self.dataset, self.plan)
+            num_workers = min(self.options.num_workers, len(self.plan))
+        else:
+            source = _StreamedBatches(self.dataset, self.options)
+            num_workers = min(self.options.num_workers, 1)  # one stream, one worker
+        loader = torch.utils.data.DataLoader(
+            source,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=self.options.pin_memory,
+            multiprocessing_context=_worker_context() if num_workers else None,
+        )
+        count = 0
+        for batch in loader:
+            count += 1
+            yield batch
+        if count == 0:
+            raise DataError(f"Dataset {self.dataset.name!r} gave no batch in epoch {self.epoch}")
+
+
+def _worker_context() -> Optional[str]:
+    # fork keeps datasets defined inside a config file usable in workers (they cannot be pickled by name)
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else None

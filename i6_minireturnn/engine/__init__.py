@@ -1,0 +1,1 @@
+"""The engine: train / eval / forward loops, updater, checkpoints and learning-rate control."""

@@ -1,0 +1,544 @@
+"""The engine: trains (with eval after each epoch), evaluates and forwards models given by the config functions.
+
+Read :func:`Engine.train_epoch` top to bottom for the training loop; features enter through small methods.
+Attribute names (``_model``, ``_updater``, ``_train_step_func``, ``_train_step``, ``_device``, ``_amp_dtype``)
+follow Mini-RETURNN because ``CustomEngine`` subclasses in existing configs use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+import os
+import random
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data.dataset import Dataset
+from ..data.pipeline import EpochBatches, PipelineOptions
+from ..data.registry import init_dataset
+from ..errors import CheckpointError, ConfigError, TrainingError
+from ..log import log
+from . import checkpoints
+from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
+from .loss_tracker import LossTracker, Stopwatch
+from .run_ctx import (
+    Loss,
+    RunCtx,
+    init_forward_step_run_ctx,
+    init_load_run_ctx,
+    init_train_step_run_ctx,
+    reset_run_ctx,
+)
+from .updater import Updater
+
+StepResult = Tuple[torch.Tensor, Dict[str, Loss]]
+
+
+def resolve_device(config: Config) -> str:
+    """``device`` = cpu | cuda | cuda:N | gpu (alias of cuda); default: cuda where available, else cpu."""
+    device = config.value("device", None)
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "gpu":
+        device = "cuda"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {config.value('device')!r} requested in {config.where()}, but no CUDA GPU is available "
+                f"(torch {torch.__version__}, built with CUDA: {torch.version.cuda or 'no'}). Use device = 'cpu'."
+            )
+        return device
+    if device != "cpu":
+        raise ConfigError(f"Unknown device {device!r} in {config.where()}; use 'cpu', 'cuda' or 'gpu'")
+    return device
+
+
+def _seed_everything(seed: int) -> None:
+    seed %= 2**31
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _with_unknown_kwarg() -> Dict[str, None]:
+    # Step functions must take **kwargs so that new arguments can be added later (Mini-RETURNN's rule).
+    return {f"__fwd_compatible_random_arg_{random.randint(0, 99)}": None}
+
+
+class Engine:
+    """Runs the tasks ``train``, ``eval`` and ``forward`` for one config."""
+
+    FILE_POSTFIX = checkpoints.MODEL_SUFFIX
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._device = resolve_device(config)
+        self.model_filename: Optional[str] = config.value("model", None)
+        self.epoch = 0
+        self._train_step = 0  # global step: number of training steps done
+        self._model: Optional[torch.nn.Module] = None
+        self._updater: Optional[Updater] = None
+        self._train_step_func: Optional[Callable] = None
+        self._forward_step_func: Optional[Callable] = None
+        self._amp_dtype = self._read_amp_dtype()
+        self._start_epoch = 1
+        self._final_epoch = 1
+        self.learning_rate = 0.0
+        self.learning_rate_control: Optional[LearningRateControl] = None
+        self.train_dataset: Optional[Dataset] = None
+        self.eval_datasets: Dict[str, Dataset] = {}
+        self.forward_dataset: Optional[Dataset] = None
+        self._pipeline = PipelineOptions.from_config(config, device=self._device)
+        self._log_step_interval = max(1, config.int("log_step_interval", 50))
+        self._progress_interval = config.float("log_progress_interval", 60.0)
+        self._random_seed = config.int("random_seed", 42)
+
+    # ---- setup ---------------------------------------------------------------------------------------------------
+
+    def _read_amp_dtype(self) -> Optional[torch.dtype]:
+        options = self.config.typed_value("torch_amp_options", None)
+        if options is None:
+            return None
+        dtype = options.get("dtype") if isinstance(options, dict) else options
+        if dtype not in ("float16", "bfloat16"):
+            raise ConfigError(f"torch_amp_options dtype must be 'float16' or 'bfloat16', got {dtype!r}")
+        return getattr(torch, dtype)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self._device).type, dtype=self._amp_dtype)
+
+    def _config_function(self, key: str, purpose: str) -> Callable:
+        func = self.config.typed_value(key)
+        if func is None:
+            raise ConfigError(f"Config key {key!r} ({purpose}) is missing in {self.config.where()}")
+        if not callable(func):
+            raise ConfigError(f"Config key {key!r} must be a function, got {type(func).__name__}")
+        return func
+
+    def _dataset(self, key: str, opts: Any = None) -> Dataset:
+        opts = self.config.typed_value(key) if opts is None else opts
+        return init_dataset(opts, name=key)
+
+    def init_train(self, train_data: Optional[Dataset] = None, dev_data: Optional[Dataset] = None) -> None:
+        """Datasets, learning-rate control, model (fresh or resumed), optimizer and step function."""
+        if train_data is None and not self.config.has("train"):
+            raise ConfigError(f"Config key 'train' (the training dataset) is missing in {self.config.where()}")
+        self.train_dataset = train_data or self._dataset("train")
+        self._init_eval_datasets(dev_data)
+        self._train_step_func = self._config_function("train_step", "the training step")
+        self._final_epoch = self.config_get_final_epoch(self.config)
+        self.learning_rate_control = learning_rate_control_from_config(self.config)
+        if self.model_filename:
+            checkpoints.remove_stale_temp_files(self.model_filename)
+        start_epoch, state, opt_file = self._find_train_start()
+        self._start_epoch = start_epoch
+        self.learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(start_epoch)
+        self._load_model(epoch=start_epoch, state=state, init_for_train=start_epoch == 1)
+        self._updater = Updater(
+            config=self.config, network=self._model, device=self._device, initial_learning_rate=self.learning_rate
+        )
+        self._updater.create_optimizer()
+        if self._amp_dtype == torch.float16:
+            self._updater.create_grad_scaler()
+        if opt_file is not None:
+            self._load_optimizer(opt_file)
+
+    def _init_eval_datasets(self, dev_data: Optional[Dataset] = None) -> None:
+        self.eval_datasets = {}
+        if dev_data is not None:
+            self.eval_datasets["dev"] = dev_data
+        elif self.config.has("dev"):
+            self.eval_datasets["dev"] = self._dataset("dev")
+        extra = self.config.typed_value("eval_datasets", {}) or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"eval_datasets must be a dict {{name: dataset dict}}, got {type(extra).__name__}")
+        for name, opts in extra.items():
+            self.eval_datasets[name] = self._dataset(name, opts)
+
+    @classmethod
+    def config_get_final_epoch(cls, config: Config) -> int:
+        """``num_epochs`` (default 5)."""
+        num_epochs = config.int("num_epochs", 5)
+        if num_epochs < 1:
+            raise ConfigError(f"num_epochs must be >= 1, got {num_epochs}")
+        return num_epochs
+
+    def _find_train_start(self) -> Tuple[int, Optional[Dict[str, Any]], Optional[str]]:
+        """(first epoch to train, checkpoint to start from, optimizer file to restore) for task train.
+
+        A stored epoch of this training wins (resume); else ``import_model_train_epoch1`` or ``load`` initialise
+        the parameters for epoch 1; else the model starts fresh.
+        """
+        prefix = self.model_filename
+        load_epoch = self.config.int("load_epoch", None)
+        start_epoch = self.config.value("start_epoch", "auto")
+        if start_epoch != "auto" and load_epoch is None:
+            load_epoch = self.config.int("start_epoch", 1) - 1
+        if prefix and load_epoch:
+            path = checkpoints.model_path(prefix, load_epoch)
+            state = checkpoints.load_model_checkpoint(checkpoints.checkpoint_file(path))
+            return load_epoch + 1, state, self._optimizer_file_for(load_epoch)
+        if prefix and load_epoch is None:
+            epoch, state = checkpoints.newest_loadable(prefix)
+            if state is not None:
+                print(
+                    f"Resuming training after stored epoch {epoch} ({checkpoints.model_path(prefix, epoch)})",
+                    file=log.v3,
+                )
+                return epoch + 1, state, self._optimizer_file_for(epoch)
+        for key in ("import_model_train_epoch1", "load"):
+            if self.config.has(key):
+                path = checkpoints.checkpoint_file(self.config.value(key))
+                print(f"Initialising the model from {path} ({key})", file=log.v3)
+                state = checkpoints.load_model_checkpoint(path)
+                return 1, {**state, "step": 0, "epoch": 0}, None
+        print("Starting training with a fresh model", file=log.v3)
+        return 1, None, None
+
+    def _optimizer_file_for(self, epoch: int) -> Optional[str]:
+        path = checkpoints.optimizer_path(self.model_filename, epoch)
+        if os.path.isfile(path):
+            return path
+        if self.config.bool("allow_missing_optimizer_checkpoint", False):
+            print(f"WARNING: optimizer state {path} not found, continuing with a fresh optimizer", file=log.v2)
+            return None
+        raise CheckpointError(
+            f"Optimizer state {path!r} for the resumed epoch {epoch} is missing "
+            "(set allow_missing_optimizer_checkpoint = True to continue with a fresh optimizer)"
+        )
+
+    def _load_model(self, *, epoch: int, state: Optional[Dict[str, Any]], init_for_train: bool = False) -> None:
+        """Creates the model with ``get_model(epoch=, step=)``, then loads `state` and ``preload_from_files``."""
+        get_model = self._config_function("get_model", "creates the model")
+        step = int(state.get("step", 0)) if state is not None else 0
+        self._train_step = step
+        self.epoch = epoch
+        _seed_everything(self._random_seed * 27644437 + epoch * 193939 + step * 19937 + 479001599)
+        init_load_run_ctx(device=self._device, engine=self, epoch=epoch, global_step=step)
+        model = get_model(epoch=epoch, step=step, **_with_unknown_kwarg())
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"get_model must return a torch.nn.Module, got {type(model).__name__}")
+        self._model = model
+        print(f"Model: {model}", file=log.v4)
+        num_params = sum(p.numel() for p in model.parameters())
+        print(f"Total number of parameters: {num_params}", file=log.v3)
+        if state is not None:
+            checkpoints.load_state_into_model(
+                model,
+                state["model"],
+                source=f"epoch {state.get('epoch')} checkpoint",
+                ignore_missing=self.config.bool("load_ignore_missing_vars", False),
+            )
+        preload = self.config.typed_value("preload_from_files", None)
+        if preload and (init_for_train or self.config.value("task", "train") != "train"):
+            checkpoints.preload_from_files(model, preload, init_for_train=init_for_train)
+        del state
+        gc.collect()
+        model.to(self._device)
+        reset_run_ctx()
+
+    def _load_optimizer(self, filename: str) -> None:
+        self._updater.load_optimizer(filename)
+
+    # ---- training ------------------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Trains epochs start..num_epochs; each: train, save, evaluate, clean up."""
+        if self._start_epoch > self._final_epoch:
+            print(f"Nothing to train: epoch {self._final_epoch} is stored already.", file=log.v2)
+            return
+        self._eval_missing_for_stored_epoch()
+        print(f"Starting training at epoch {self._start_epoch}, global step {self._train_step}.", file=log.v3)
+        for epoch in range(self._start_epoch, self._final_epoch + 1):
+            self.epoch = epoch
+            self.init_train_epoch()
+            self.train_epoch()
+        print(f"Finished training at epoch {self._final_epoch}.", file=log.v3)
+
+    def init_train_epoch(self) -> None:
+        """Learning rate and seeds of the epoch (a resumed epoch sees the same random numbers)."""
+        self.learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(self.epoch)
+        self._updater.set_learning_rate(self.learning_rate)
+        _seed_everything(self._random_seed * 1_000_003 + self.epoch)
+
+    def train_epoch(self) -> None:
+        """One epoch: steps over the training data, then save, evaluate and clean up."""
+        print(f"start epoch {self.epoch} with learning rate {self.learning_rate} ...", file=log.v3)
+        batches = EpochBatches(self.train_dataset, self.epoch, self._pipeline)
+        stop_on_nonfinite = self.config.bool("stop_on_nonfinite_train_score", True)
+        tracker = LossTracker(self._device, keep_step_values=log.verbose[5], skip_nonfinite=not stop_on_nonfinite)
+        self._model.train()
+        run_ctx = init_train_step_run_ctx(
+            device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
+        )
+        first_step, watch = self._train_step, Stopwatch()
+        for step_idx, data in enumerate(batches):
+            step_start = time.monotonic()
+            run_ctx.init_step(self._train_step)
+            total_loss, losses = self._run_train_step(data, run_ctx, step_idx)
+            tracker.add(losses, total_loss, global_step=self._train_step, step_time=time.monotonic() - step_start)
+            self._train_step += 1
+            if (step_idx + 1) % self._log_step_interval == 0:
+                self._log_point(
+                    tracker, "train", step_idx + 1, batches.num_batches, watch, first_step, stop_on_nonfinite
+                )
+        self._updater.apply_update()  # a partial gradient accumulation at the epoch end still counts
+        self._log_point(tracker, "train", tracker.num_steps, batches.num_batches, None, first_step, stop_on_nonfinite)
+        reset_run_ctx()
+        self._finish_train_epoch(tracker, watch.elapsed())
+
+    def _finish_train_epoch(self, tracker: LossTracker, seconds: float) -> None:
+        means = tracker.means()
+        skipped = tracker.nonfinite()[0] if tracker.skip_nonfinite else 0
+        summary = f"epoch {self.epoch}: trained {tracker.num_steps} steps in {seconds:.1f}s, " + _format_losses(means)
+        if skipped:
+            summary += f", {skipped} step(s) with non-finite loss skipped"
+        print(summary, file=log.v2)
+        self.learning_rate_control.set_epoch_error(self.epoch, means)
+        self.learning_rate_control.save()
+        if self._should_save(self.epoch):
+            self.save_model()
+            self._save_optimizer()
+        self.eval_model()
+        self._cleanup()
+
+    def _should_save(self, epoch: int) -> bool:
+        interval = self.config.int("save_interval", 1)
+        return bool(self.model_filename) and (epoch % max(interval, 1) == 0 or epoch == self._final_epoch)
+
+    def _run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int) -> StepResult:
+        """Calls :func:`run_train_step` (which a CustomEngine may override, with or without `step_idx`)."""
+        method = self.run_train_step
+        if _takes_step_idx(method):
+            return method(data, run_ctx, step_idx)
+        return method(data, run_ctx)
+
+    def run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int = 0) -> StepResult:
+        """Runs ``train_step`` and the parameter update; returns (total loss, losses by name)."""
+        data = self.move_data_to_device(data)
+        with self._autocast():
+            self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
+        total_loss = run_ctx.total_loss()
+        skip_nonfinite = not self.config.bool("stop_on_nonfinite_train_score", True)
+        if skip_nonfinite and not bool(torch.isfinite(total_loss.detach())):  # syncs; only in this opt-in mode
+            self._updater.discard_gradients()
+        else:
+            self._updater.step(total_loss, step_idx)
+        return total_loss, run_ctx.losses
+
+    def _log_point(
+        self,
+        tracker: LossTracker,
+        what: str,
+        steps_done: int,
+        num_batches: Optional[int],
+        watch: Optional[Stopwatch],
+        first_step: int,
+        stop_on_nonfinite: bool,
+    ) -> None:
+        """Where the host reads device values: step lines (verbosity 5), non-finite check, progress with ETA."""
+        for step, step_time, values in tracker.pop_step_lines():
+            line = f"{what} epoch {self.epoch} step {step}, step time {step_time:.3f}s, {_format_losses(values)}"
+            if self._device.startswith("cuda"):
+                line += f", GPU mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+            print(line, file=log.v5)
+        if stop_on_nonfinite and what == "train":
+            count, first = tracker.nonfinite()
+            if count:
+                raise TrainingError(
+                    f"Non-finite training loss in epoch {self.epoch}, step {first_step + first}; stopped without "
+                    "saving this epoch (set stop_on_nonfinite_train_score = False to skip such steps)"
+                )
+        if watch is not None and log.verbose[3] and watch.due(self._progress_interval):
+            elapsed = watch.elapsed()
+            progress = f"{what} epoch {self.epoch}: step {steps_done}"
+            if num_batches:
+                eta = elapsed / steps_done * (num_batches - steps_done)
+                progress += f"/{num_batches} ({100.0 * steps_done / num_batches:.0f}%), ETA {_hms(eta)}"
+            print(f"{progress}, elapsed {_hms(elapsed)}, {_format_losses(tracker.means())}", file=log.v3)
+
+    # ---- evaluation ----------------------------------------------------------------------------------------------
+
+    def eval_model(self, *, skip_already_evaluated: bool = False) -> Dict[str, Dict[str, float]]:
+        """Evaluates every eval dataset with ``train_step`` under no_grad; scores go to the learning_rates file."""
+        results = {}
+        if not self.eval_datasets:
+            return results
+        self._model.eval()
+        for name, dataset in self.eval_datasets.items():
+            if skip_already_evaluated and self._is_dataset_evaluated(name):
+                continue
+            run_ctx = init_train_step_run_ctx(
+                device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
+            )
+            tracker, watch = LossTracker(self._device, keep_step_values=log.verbose[5]), Stopwatch()
+            batches = EpochBatches(dataset, self.epoch, self._pipeline)
+            with torch.no_grad():
+                for step_idx, data in enumerate(batches):
+                    step_start = time.monotonic()
+                    run_ctx.init_step(self._train_step)
+                    total_loss, losses = self.run_eval_step(data, run_ctx)
+                    tracker.add(losses, total_loss, global_step=step_idx, step_time=time.monotonic() - step_start)
+                    if (step_idx + 1) % self._log_step_interval == 0:
+                        self._log_point(tracker, f"eval {name}", step_idx + 1, batches.num_batches, watch, 0, False)
+            self._log_point(tracker, f"eval {name}", tracker.num_steps, batches.num_batches, None, 0, False)
+            reset_run_ctx()
+            scores = {f"{name}_loss_{loss}": value for loss, value in tracker.means().items()}
+            results[name] = scores
+            print(f"epoch {self.epoch} eval {name}: {_format_losses(scores)} ({watch.elapsed():.1f}s)", file=log.v2)
+            if self.learning_rate_control is not None:
+                self.learning_rate_control.set_epoch_error(self.epoch, scores)
+                self.learning_rate_control.save()
+        self._model.train()
+        return results
+
+    def run_eval_step(self, data: Dict[str, Any], run_ctx: RunCtx) -> StepResult:
+        """Runs ``train_step`` without an update; returns (total loss, losses by name)."""
+        data = self.move_data_to_device(data)
+        with self._autocast():
+            self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
+        return run_ctx.total_loss(), run_ctx.losses
+
+    def _is_dataset_evaluated(self, name: str) -> bool:
+        errors = self.learning_rate_control.get_epoch_error_dict(self.epoch)
+        return any(key.startswith(f"{name}_loss_") for key in errors)
+
+    def _eval_missing_for_stored_epoch(self) -> None:
+        """A run killed between saving an epoch and evaluating it catches up on the evaluation."""
+        stored = self._start_epoch - 1
+        if stored < 1 or not self.eval_datasets or not self.learning_rate_control.filename:
+            return
+        self.epoch = stored
+        missing = [n for n in self.eval_datasets if not self._is_dataset_evaluated(n)]
+        if missing:
+            print(f"Epoch {stored} was not evaluated on {', '.join(missing)}; doing that now.", file=log.v3)
+            self.eval_model(skip_already_evaluated=True)
+
+    def init_eval(self) -> None:
+        """Task eval: the checkpoint (``load`` / ``load_epoch`` / newest), ``dev``, ``eval`` and ``eval_datasets``."""
+        self._init_eval_datasets()
+        if self.config.has("eval"):
+            self.eval_datasets["eval"] = self._dataset("eval")
+        if not self.eval_datasets:
+            raise ConfigError(f"Task eval needs 'dev', 'eval' or 'eval_datasets' in {self.config.where()}")
+        self._train_step_func = self._config_function("train_step", "computes the losses to evaluate")
+        self.learning_rate_control = learning_rate_control_from_config(self.config)
+        self._load_model_for_inference()
+
+    # ---- forward -------------------------------------------------------------------------------------------------
+
+    def init_forward(self, forward_data: Optional[Dataset] = None) -> None:
+        """Task forward: the ``forward`` dataset (or ``forward_data``), checkpoint and ``forward_step``."""
+        if forward_data is None:
+            key = "forward" if self.config.has("forward") else "forward_data"
+            if not self.config.has(key):
+                raise ConfigError(f"Task forward needs the dataset 'forward' in {self.config.where()}")
+            forward_data = self._dataset(key)
+        self.forward_dataset = forward_data
+        self._forward_step_func = self._config_function("forward_step", "the forward step")
+        self._load_model_for_inference()
+
+    def _load_model_for_inference(self) -> None:
+        """Loads ``load``, or epoch ``load_epoch`` of ``model``, or the newest stored epoch of ``model``."""
+        if self.config.has("load"):
+            path = checkpoints.checkpoint_file(self.config.value("load"))
+        elif self.model_filename and self.config.has("load_epoch"):
+            path = checkpoints.checkpoint_file(
+                checkpoints.model_path(self.model_filename, self.config.int("load_epoch"))
+            )
+        elif self.model_filename and checkpoints.existing_epochs(self.model_filename):
+            path = list(checkpoints.existing_epochs(self.model_filename).values())[-1]
+        else:
+            raise ConfigError(f"No model to load: set 'load' (a checkpoint file) or 'model' in {self.config.where()}")
+        print(f"Loading checkpoint {path}", file=log.v3)
+        state = checkpoints.load_model_checkpoint(path)
+        self._load_model(epoch=int(state.get("epoch") or 1), state=state)
+        self._start_epoch = self._final_epoch = self.epoch
+
+    def forward(self) -> None:
+        """Runs ``forward_step`` over the forward dataset, between ``forward_init_hook`` and ``forward_finish_hook``."""
+        self._model.eval()
+        run_ctx = init_forward_step_run_ctx(
+            device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
+        )
+        init_hook = self.config.typed_value("forward_init_hook")
+        finish_hook = self.config.typed_value("forward_finish_hook")
+        if init_hook is not None:
+            init_hook(run_ctx, **_with_unknown_kwarg())
+        watch, num_steps = Stopwatch(), 0
+        batches = EpochBatches(self.forward_dataset, self.epoch, self._pipeline)
+        with torch.no_grad():
+            for data in batches:
+                run_ctx.init_step(self._train_step)
+                self.run_forward_step(data, run_ctx)
+                num_steps += 1
+                if log.verbose[3] and watch.due(self._progress_interval):
+                    print(
+                        f"forward: step {num_steps}/{batches.num_batches or '?'}, {_hms(watch.elapsed())}", file=log.v3
+                    )
+        if finish_hook is not None:
+            finish_hook(run_ctx, **_with_unknown_kwarg())
+        reset_run_ctx()
+        print(f"Finished forwarding {num_steps} batches in {watch.elapsed():.1f}s", file=log.v3)
+
+    def run_forward_step(self, data: Dict[str, Any], run_ctx: RunCtx) -> None:
+        """Runs ``forward_step`` on one batch."""
+        data = self.move_data_to_device(data)
+        with self._autocast():
+            self._forward_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
+
+    # ---- files ---------------------------------------------------------------------------------------------------
+
+    def move_data_to_device(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        """Tensors to the run's device (non-blocking from pinned memory); other entries stay."""
+        non_blocking = self._device.startswith("cuda")
+        return {
+            k: v.to(self._device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            for k, v in data.items()
+        }
+
+    def get_epoch_model_filename(self, epoch: Optional[int] = None) -> str:
+        """``<model>.NNN`` of an epoch (default: the current one)."""
+        return checkpoints.epoch_prefix(self.model_filename, epoch or self.epoch)
+
+    def save_model(self) -> None:
+        """Writes the current epoch's model file."""
+        checkpoints.save_model(self.model_filename, self.epoch, self._model, self._train_step)
+
+    def _save_optimizer(self) -> None:
+        """Writes the optimizer state; only the two newest are kept (enough to resume if one is damaged)."""
+        self._updater.save_optimizer(checkpoints.optimizer_path(self.model_filename, self.epoch))
+        for epoch in checkpoints.existing_epochs(self.model_filename):
+            path = checkpoints.optimizer_path(self.model_filename, epoch)
+            if epoch <= self.epoch - 2 and os.path.exists(path):
+                os.remove(path)
+
+    def _cleanup(self) -> None:
+        options = self.config.bool_or_other("cleanup_old_models", None)
+        if options and self.model_filename:
+            scores = {e: d.error for e, d in self.learning_rate_control.epoch_data.items()}
+            checkpoints.cleanup_old_models(self.model_filename, options, scores)
+
+
+def _takes_step_idx(method: Callable) -> bool:
+    params = list(inspect.signature(method).parameters.values())
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return True
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 3
+
+
+def _format_losses(values: Dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.5g}" for name, value in sorted(values.items())) or "no losses"
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

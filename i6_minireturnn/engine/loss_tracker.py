@@ -1,0 +1,103 @@
+"""Accumulates step losses on the device; values reach the host only at log points (no per-step sync)."""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .run_ctx import Loss
+
+
+class LossTracker:
+    """Sums of each loss and of its ``inv_norm_factor`` (1 per step where none) over an epoch or dataset."""
+
+    def __init__(self, device: str, *, keep_step_values: bool = False, skip_nonfinite: bool = False):
+        self.device = torch.device(device)
+        self.loss_sums: Dict[str, torch.Tensor] = {}
+        self.norm_sums: Dict[str, torch.Tensor] = {}
+        self.num_steps = 0
+        self.keep_step_values = keep_step_values
+        self.skip_nonfinite = skip_nonfinite
+        self.num_nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.first_nonfinite_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._step_counter = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.pending_steps: List[Tuple[int, float, Dict[str, torch.Tensor]]] = []
+
+    def add(self, losses: Dict[str, Loss], total_loss: torch.Tensor, *, global_step: int, step_time: float) -> None:
+        """Adds one step's losses (device ops only)."""
+        total = total_loss.detach()
+        finite = torch.isfinite(total)
+        bad = ~finite
+        self.first_nonfinite_step = torch.where(
+            bad & (self.first_nonfinite_step < 0), self._step_counter, self.first_nonfinite_step
+        )
+        self.num_nonfinite = self.num_nonfinite + bad.to(torch.int64)
+        self._step_counter = self._step_counter + 1
+        step_values = {}
+        for name, loss in losses.items():
+            value = loss.loss.detach().to(torch.float64)
+            norm = loss.inv_norm_factor
+            if isinstance(norm, torch.Tensor):
+                norm = norm.detach().to(self.device, torch.float64)
+            else:  # a number: made on the device, so no host-to-device copy per step
+                norm = torch.full((), float(1 if norm is None else norm), dtype=torch.float64, device=self.device)
+            value = value.to(self.device)
+            if self.skip_nonfinite:
+                value = torch.where(finite, value, torch.zeros_like(value))
+                norm = torch.where(finite, norm, torch.zeros_like(norm))
+            self.loss_sums[name] = self.loss_sums[name] + value if name in self.loss_sums else value
+            self.norm_sums[name] = self.norm_sums[name] + norm if name in self.norm_sums else norm
+            if self.keep_step_values:
+                step_values[name] = value / norm
+        if self.keep_step_values:
+            self.pending_steps.append((global_step, step_time, step_values))
+        self.num_steps += 1
+
+    def means(self) -> Dict[str, float]:
+        """sum(loss) / sum(inv_norm_factor) per name (one host sync)."""
+        if not self.loss_sums:
+            return {}
+        names = sorted(self.loss_sums)
+        values = torch.stack([self.loss_sums[n] / self.norm_sums[n] for n in names]).tolist()
+        return dict(zip(names, values))
+
+    def nonfinite(self) -> Tuple[int, Optional[int]]:
+        """(number of steps with a non-finite total loss, index of the first such step in this tracker)."""
+        count, first = torch.stack([self.num_nonfinite, self.first_nonfinite_step]).tolist()
+        return int(count), (int(first) if first >= 0 else None)
+
+    def pop_step_lines(self) -> List[Tuple[int, float, Dict[str, float]]]:
+        """The buffered per-step values, read in one sync: [(global_step, step_time, {name: value})]."""
+        steps, self.pending_steps = self.pending_steps, []
+        if not steps:
+            return []
+        names = [sorted(v) for _, _, v in steps]
+        flat = [v[n] for (_, _, v), ns in zip(steps, names) for n in ns]
+        values = torch.stack(flat).tolist() if flat else []
+        lines, pos = [], 0
+        for (step, step_time, _), ns in zip(steps, names):
+            lines.append((step, step_time, dict(zip(ns, values[pos : pos + len(ns)]))))
+            pos += len(ns)
+        return lines
+
+
+class Stopwatch:
+    """Wall time since start, and whether an interval has passed since the last `due` that returned True."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self._last = self.start
+
+    def elapsed(self) -> float:
+        """Seconds since start."""
+        return time.monotonic() - self.start
+
+    def due(self, interval: float) -> bool:
+        """True once per `interval` seconds."""
+        now = time.monotonic()
+        if now - self._last >= interval:
+            self._last = now
+            return True
+        return False

@@ -1,0 +1,184 @@
+"""Parameter updates: optimizer from the ``optimizer`` dict, gradient accumulation, clipping, noise, AMP scaling."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..log import log
+from .checkpoints import load_file, save_torch_atomic
+
+
+def optimizer_classes() -> Dict[str, type]:
+    """All torch optimizers by lower-case name."""
+    return {
+        name.lower(): cls
+        for name, cls in vars(torch.optim).items()
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
+    }
+
+
+def get_optimizer_class(name: Any) -> type:
+    """Resolves the ``class`` entry (case-insensitive name or an Optimizer subclass)."""
+    if isinstance(name, type) and issubclass(name, torch.optim.Optimizer):
+        return name
+    classes = optimizer_classes()
+    if not isinstance(name, str) or name.lower() not in classes:
+        raise ConfigError(f"Unknown optimizer class {name!r} in 'optimizer'; valid: {', '.join(sorted(classes))}")
+    return classes[name.lower()]
+
+
+def create_optimizer(
+    options: Any, model: torch.nn.Module, *, learning_rate: float, weight_decay: Optional[float] = None
+) -> torch.optim.Optimizer:
+    """Builds the optimizer; ``epsilon`` is accepted for ``eps``; unknown arguments are an error naming them."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"'optimizer' must be a dict like {{'class': 'adam'}}, got {options!r}")
+    options = dict(options)  # the config's dict stays untouched (it may be read again)
+    if "class" not in options:
+        raise ConfigError("'optimizer' has no 'class' entry (e.g. 'adam', 'adamw', 'sgd')")
+    if "learning_rate" in options:
+        raise ConfigError("Set learning_rate / learning_rates outside of the 'optimizer' dict")
+    cls = get_optimizer_class(options.pop("class"))
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+    if "epsilon" in options and "eps" in accepted:
+        options["eps"] = options.pop("epsilon")
+    multiplier = float(options.pop("learning_rate_multiplier", 1.0))
+    if weight_decay is not None and "weight_decay" in accepted:
+        options.setdefault("weight_decay", weight_decay)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"Optimizer {cls.__name__} does not take {', '.join(unknown)}; it takes: {', '.join(accepted)}"
+        )
+    optimizer = cls([{"params": list(model.parameters())}], lr=learning_rate * multiplier, **options)
+    optimizer.lr_multiplier = multiplier  # type: ignore[attr-defined]
+    print(f"Optimizer: {optimizer}", file=log.v4)
+    return optimizer
+
+
+def _make_grad_scaler(device_type: str) -> Optional[Any]:
+    """A float16 gradient scaler for the device, where this torch has one."""
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        try:
+            return torch.amp.GradScaler(device_type)
+        except Exception:  # older torch: only CUDA scalers exist
+            pass
+    if device_type == "cuda":
+        return torch.cuda.amp.GradScaler()
+    print(f"WARNING: no float16 gradient scaler for {device_type} in this torch version; training without", file=log.v1)
+    return None
+
+
+class Updater:
+    """Backward, gradient accumulation over ``accum_grad_multiple_step`` steps, clipping, noise, optimizer step."""
+
+    def __init__(self, *, config: Any, network: torch.nn.Module, device: str, initial_learning_rate: float = 1.0):
+        self.config = config
+        self.network = network
+        self._device = device
+        self.learning_rate = initial_learning_rate
+        self._grad_clip = config.float("gradient_clip", None)
+        self._grad_clip_norm = config.float("gradient_clip_norm", None)
+        self._invalid_gradient_limit = config.int("gradient_clip_norm_invalid_gradient_threshold", 3)
+        self._grad_noise = config.float("gradient_noise", None)
+        self._accum_grad_multiple_step = config.int("accum_grad_multiple_step", 1)
+        if self._accum_grad_multiple_step < 1:
+            raise ConfigError(f"accum_grad_multiple_step must be >= 1, got {self._accum_grad_multiple_step}")
+        self._num_invalid_gradients = 0
+        self._pending_grads = False
+        self.num_skipped_updates = 0
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self._grad_scaler: Optional[Any] = None
+
+    def create_optimizer(self) -> None:
+        """Builds the optimizer from the ``optimizer`` and ``weight_decay`` keys."""
+        options = self.config.typed_value("optimizer")
+        if options is None:
+            raise ConfigError(
+                f"Config key 'optimizer' is required for training (e.g. {{'class': 'adam'}}) in {self.config.where()}"
+            )
+        self.optimizer = create_optimizer(
+            options,
+            self.network,
+            learning_rate=self.learning_rate,
+            weight_decay=self.config.float("weight_decay", None),
+        )
+
+    def create_grad_scaler(self) -> None:
+        """Enables loss scaling (float16 AMP)."""
+        self._grad_scaler = _make_grad_scaler(torch.device(self._device).type)
+
+    def set_learning_rate(self, value: float) -> None:
+        """Sets the learning rate of all parameter groups (times the optimizer's ``learning_rate_multiplier``)."""
+        self.learning_rate = value
+        multiplier = getattr(self.optimizer, "lr_multiplier", 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = value * multiplier
+
+    def get_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer."""
+        return self.optimizer
+
+    def step(self, loss: torch.Tensor, step_idx: int) -> None:
+        """Back-propagates `loss`; updates the parameters every ``accum_grad_multiple_step`` steps."""
+        if self._grad_scaler is not None:
+            self._grad_scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self._pending_grads = True
+        if (step_idx + 1) % self._accum_grad_multiple_step == 0:
+            self.apply_update()
+
+    def apply_update(self) -> None:
+        """Applies the accumulated gradients (also called at epoch end for a partial accumulation)."""
+        if not self._pending_grads:
+            return
+        params = [p for p in self.network.parameters() if p.grad is not None]
+        if self._grad_scaler is not None:
+            self._grad_scaler.unscale_(self.optimizer)
+        if self._grad_noise:
+            for p in params:
+                p.grad.add_(torch.randn_like(p.grad) * self._grad_noise)
+        if self._grad_clip is not None:
+            torch.nn.utils.clip_grad_value_(params, self._grad_clip)
+        valid = True
+        if self._grad_clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self._grad_clip_norm)
+            valid = bool(torch.isfinite(norm))  # syncs once per update; only with gradient_clip_norm
+            if valid:
+                self._num_invalid_gradients = 0
+            else:
+                self._num_invalid_gradients += 1
+                self.num_skipped_updates += 1
+                if self._num_invalid_gradients >= self._invalid_gradient_limit:
+                    raise RuntimeError(f"Got {self._num_invalid_gradients} non-finite gradient norms in a row")
+        if self._grad_scaler is not None:
+            if valid:
+                self._grad_scaler.step(self.optimizer)
+            self._grad_scaler.update()
+        elif valid:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._pending_grads = False
+
+    def discard_gradients(self) -> None:
+        """Drops the gradients of a step that is skipped (non-finite loss)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._pending_grads = False
+
+    def load_optimizer(self, filename: str) -> None:
+        """Restores the optimizer state from an ``.opt.pt`` file."""
+        print(f"Load optimizer {filename}", file=log.v4)
+        self.optimizer.load_state_dict(load_file(filename, map_location=self._device))
+
+    def save_optimizer(self, filename: str) -> None:
+        """Writes the optimizer state atomically."""
+        save_torch_atomic(self.optimizer.state_dict(), filename)
+
+    def param_groups(self) -> List[Dict[str, Any]]:
+        """The optimizer's parameter groups."""
+        return self.optimizer.param_groups

@@ -1,0 +1,67 @@
+"""Logging with RETURNN's verbosity streams ``log.v1`` ... ``log.v5`` (stdout plus optional log files)."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from typing import List, Optional, Sequence, TextIO
+
+
+class _Stream(io.TextIOBase):
+    """A write-only stream that forwards to the log's outputs when its level is enabled."""
+
+    def __init__(self, log: Log, level: int):
+        super().__init__()
+        self._log = log
+        self._level = level
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._log.verbosity >= self._level:
+            for out in self._log.outputs:
+                out = out or sys.stdout  # None: whatever stdout is now (tests swap it)
+                out.write(text)
+                out.flush()
+        return len(text)
+
+
+class Log:
+    """``print(..., file=log.v3)`` prints when ``log_verbosity >= 3``; level 5 is per-step detail."""
+
+    def __init__(self) -> None:
+        self.verbosity = 4
+        self.outputs: List[Optional[TextIO]] = [None]
+        self._files: List[TextIO] = []
+        self.v = [_Stream(self, level) for level in range(6)]
+        self.v0, self.v1, self.v2, self.v3, self.v4, self.v5 = self.v
+        self.error = _Stream(self, 0)
+
+    @property
+    def verbose(self) -> List[bool]:
+        """``log.verbose[5]`` is True when level-5 output is on (as in RETURNN)."""
+        return [self.verbosity >= level for level in range(6)]
+
+    def initialize(self, verbosity: int = 4, log_files: Sequence[str] = (), stdout: Optional[TextIO] = None) -> None:
+        """(Re)configure verbosity and outputs; log files are appended to, so a resumed run keeps its history."""
+        self.close_files()
+        self.verbosity = verbosity
+        self.outputs = [stdout]
+        for filename in log_files:
+            folder = os.path.dirname(os.path.abspath(filename))
+            os.makedirs(folder, exist_ok=True)
+            f = open(filename, "a", encoding="utf-8")
+            self._files.append(f)
+            self.outputs.append(f)
+
+    def close_files(self) -> None:
+        """Closes the log files (stdout stays)."""
+        self.outputs = [out for out in self.outputs if out not in self._files]
+        for f in self._files:
+            f.close()
+        self._files = []
+
+
+log = Log()
