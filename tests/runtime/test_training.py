@@ -16,7 +16,7 @@ def test_two_epochs_with_dev_and_extra_eval(tmp_path, run_cli):
     config = write_config(
         tmp_path,
         """
-        eval_datasets = {"devtrain": {"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 3, "seq_len": 5}}
+        eval_datasets = {"devtrain": {**dev, "num_seqs": 3}}
         learning_rates = [0.01, 0.005]
         """,
     )

@@ -1,0 +1,138 @@
+"""Datasets, sequence orders, batching limits, collation and worker loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from i6_minireturnn.data.batching import BatchLimits, plan_batches
+from i6_minireturnn.data.collate import collate_batch
+from i6_minireturnn.data.generating import DummyDataset, SyntheticSpeechDataset
+from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
+from i6_minireturnn.data.registry import init_dataset
+from i6_minireturnn.errors import ConfigError, DataError
+
+
+def test_dummy_dataset_values():
+    dataset = DummyDataset(input_dim=2, output_dim=3, num_seqs=4, seq_len=3)
+    dataset.init_seq_order(1)
+    seq = dataset.get_seq(1)
+    np.testing.assert_allclose(seq["data"], ((np.arange(1, 7) % 10 - 5.0) / 10.0).reshape(3, 2))
+    assert seq["classes"].tolist() == [7 % 3, 8 % 3, 9 % 3]
+    assert seq["seq_tag"] == "seq-1" and dataset.get_data_dim("classes") == 3 and dataset.is_data_sparse("classes")
+    assert dataset.num_outputs == {"data": (2, 2), "classes": (3, 1)}
+
+
+def test_synthetic_speech_is_deterministic_per_sequence():
+    a = SyntheticSpeechDataset(num_seqs=20, seed=5, seq_ordering="random")
+    b = SyntheticSpeechDataset(num_seqs=20, seed=5)
+    a.init_seq_order(3)
+    b.init_seq_order(1)
+    for i in range(20):
+        seq = a.get_seq(i)
+        same = b.get_seq(a.corpus_index(i))
+        assert seq["seq_tag"] == same["seq_tag"]
+        np.testing.assert_array_equal(seq["data"], same["data"])
+        assert len(seq["classes"]) <= len(seq["data"]) // 2
+    assert a.get_seq_length(0) == {k: len(v) for k, v in a.get_seq(0).items() if k in ("data", "classes")}
+
+
+@pytest.mark.parametrize(
+    "ordering", ["default", "reverse", "random", "random:7", "sorted", "sorted_reverse", "laplace:3", "laplace:.5"]
+)
+def test_seq_orderings_are_permutations_and_reproducible(ordering):
+    def order(epoch):
+        dataset = SyntheticSpeechDataset(num_seqs=30, seq_ordering=ordering)
+        dataset.init_seq_order(epoch)
+        return [dataset.corpus_index(i) for i in range(dataset.num_seqs)]
+
+    assert sorted(order(1)) == list(range(30))
+    assert order(2) == order(2)
+    dataset = SyntheticSpeechDataset(num_seqs=30)
+    lengths = [dataset._corpus_seq_lengths(i)["data"] for i in order(1)]
+    if ordering == "sorted":
+        assert lengths == sorted(lengths)
+    if ordering == "sorted_reverse":
+        assert lengths == sorted(lengths, reverse=True)
+    if ordering == "random":
+        assert order(1) != order(2)
+
+
+def test_partition_epoch_splits_without_overlap():
+    parts = []
+    for epoch in (1, 2, 3):
+        dataset = SyntheticSpeechDataset(num_seqs=10, partition_epoch=3, seq_ordering="random")
+        dataset.init_seq_order(epoch)
+        parts.append([dataset.corpus_index(i) for i in range(dataset.num_seqs)])
+    assert sorted(sum(parts, [])) == list(range(10))
+
+
+def test_unknown_seq_ordering():
+    dataset = SyntheticSpeechDataset(num_seqs=3, seq_ordering="shuffled")
+    with pytest.raises(ConfigError, match="Unknown seq_ordering 'shuffled'"):
+        dataset.init_seq_order(1)
+
+
+def test_batch_limits():
+    lengths = [{"data": n, "classes": 2} for n in (10, 10, 10, 30, 5, 5)]
+    assert plan_batches(lengths, BatchLimits(30)) == [[0, 1, 2], [3], [4, 5]]
+    assert plan_batches(lengths, BatchLimits(30, max_seqs=2)) == [[0, 1], [2], [3], [4, 5]]
+    assert plan_batches(lengths, BatchLimits({"classes": 6})) == [[0, 1, 2], [3, 4, 5]]
+    assert plan_batches(lengths, BatchLimits(25), drop_last=True) == [[0, 1], [2], [3]]
+    with pytest.raises(ConfigError, match="batch_size"):
+        BatchLimits("1000")
+
+
+def test_collate_pads_and_reports_sizes():
+    seqs = [
+        {"data": np.ones((3, 2), "float32"), "classes": np.array([1, 2], "uint16"), "seq_tag": "a", "seq_idx": 0},
+        {"data": np.ones((1, 2), "float32"), "classes": np.array([4, 5, 6], "uint16"), "seq_tag": "b", "seq_idx": 1},
+    ]
+    batch = collate_batch(seqs)
+    assert batch["data"].shape == (2, 3, 2) and batch["data"][1, 1:].abs().sum() == 0
+    assert batch["data:size1"].tolist() == [3, 1] and batch["data:size2"].tolist() == [2, 2]
+    assert int(batch["data:size0"]) == 2
+    assert batch["classes"].dtype == torch.int32 and batch["classes"].tolist() == [[1, 2, 0], [4, 5, 6]]
+    assert batch["seq_tag"] == ["a", "b"] and batch["seq_idx"] == [0, 1]
+
+
+def _all_batches(dataset, workers, epoch=1):
+    options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=workers)
+    return [(b["seq_tag"], b["data"].sum().item()) for b in EpochBatches(dataset, epoch, options)]
+
+
+def test_batches_identical_for_any_worker_count():
+    dataset = SyntheticSpeechDataset(num_seqs=40, seq_ordering="laplace:.10")
+    single = _all_batches(dataset, 0)
+    assert _all_batches(dataset, 1) == single
+    assert _all_batches(dataset, 2) == single
+    tags = [t for batch, _ in single for t in batch]
+    assert sorted(tags) == sorted(f"seq-{i}" for i in range(40))  # every sequence once
+
+
+class _StreamOnly(SyntheticSpeechDataset):
+    """The same data, but without known lengths (forces the streamed path)."""
+
+    def knows_seq_lengths(self):
+        return False
+
+
+def test_streamed_dataset_gives_the_same_batches():
+    planned = _all_batches(SyntheticSpeechDataset(num_seqs=25, seq_ordering="random"), 0)
+    assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 0) == planned
+    assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 1) == planned
+
+
+def test_empty_dataset_is_an_error_not_a_hang():
+    with pytest.raises(DataError, match="no sequences"):
+        _all_batches(SyntheticSpeechDataset(num_seqs=0), 0)
+
+
+def test_init_dataset_errors():
+    with pytest.raises(ConfigError, match="Unknown dataset class 'DumyDataset'.*DummyDataset"):
+        init_dataset({"class": "DumyDataset"}, name="train")
+    with pytest.raises(ConfigError, match="unknown option.*'num_seq'.*did you mean 'num_seqs'"):
+        init_dataset({"class": "SyntheticSpeechDataset", "num_seq": 3}, name="train")
+    with pytest.raises(ConfigError, match="no 'class'"):
+        init_dataset({"num_seqs": 3}, name="dev")
