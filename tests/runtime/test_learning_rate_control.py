@@ -26,7 +26,8 @@ def test_file_text_in_returnn_format(tmp_path):
     assert (tmp_path / "lr").read_text() == (
         "{\n"
         "1: EpochData(learningRate=0.001, error={'ctc': 1.5, 'dev_loss_ctc': 2.25}),\n"
-        "2: EpochData(learningRate=0.001, error={\n'ctc': 1.0,\n'dev_loss_ctc': float('nan'),\n'devtrain_loss_ctc': 0.5,\n}),\n"
+        "2: EpochData(learningRate=0.001, error={\n"
+        "'ctc': 1.0,\n'dev_loss_ctc': float('nan'),\n'devtrain_loss_ctc': 0.5,\n}),\n"
         "}\n"
     )
     data = read_learning_rate_file(str(tmp_path / "lr"))
