@@ -9,7 +9,7 @@ import time
 import traceback
 from typing import List, Optional, Sequence, Tuple
 
-from . import __version__
+from . import __version__, compat
 from .config import Config, set_global_config
 from .errors import ConfigError, UserError
 from .log import log
@@ -102,7 +102,9 @@ def execute_task(config: Config, engine) -> None:
 def run(argv: Sequence[str]) -> None:
     """Loads the config and runs its task; raises on error."""
     files, overrides = split_args(argv)
+    compat.install()  # before the config runs: it may import returnn.* names
     config = load_config(files, overrides)
+    compat.check_step_functions(config)
     set_global_config(config)
     init_log(config)
     from .engine.engine import resolve_device
@@ -135,6 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _report("ERROR: unexpected exception\n" + traceback.format_exc())
         return 1
     finally:
+        compat.uninstall()
         set_global_config(None)
         log.close_files()
     return 0

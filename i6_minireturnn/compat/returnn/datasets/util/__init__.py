@@ -1,0 +1,1 @@
+"""``returnn.datasets.util``."""

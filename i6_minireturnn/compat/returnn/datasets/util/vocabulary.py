@@ -1,0 +1,3 @@
+"""``returnn.datasets.util.vocabulary``: ``Vocabulary``."""
+
+from i6_minireturnn.data.vocabulary import Vocabulary  # noqa: F401

@@ -1,0 +1,1 @@
+"""``returnn.torch``: the PyTorch engine and run context."""
