@@ -1,0 +1,163 @@
+"""How close the engine's training loop comes to a hand-written PyTorch loop, and how often it syncs.
+
+Reference: a plain loop over the same batches, already collated in memory (no data loading at all), doing
+forward, masked cross-entropy, backward and Adam steps. The engine runs the same model and loss from a dataset
+through its pipeline (worker process, pinned memory), its run context, loss tracking and updater.
+Prints frames/s of both, the ratio, and the host-device synchronisations per training step that
+``torch.cuda.set_sync_debug_mode`` reports inside the engine's epoch.
+
+    python benchmarks/engine_overhead.py [--device cuda] [--seqs 1500] [--layers 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import nn
+
+from i6_minireturnn.config import Config
+from i6_minireturnn.data.dataset import DataKey, Dataset
+from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
+from i6_minireturnn.engine.engine import Engine
+from i6_minireturnn.log import log
+
+FEATURES, CLASSES = 80, 40
+
+
+class RandomFrames(Dataset):
+    """Framewise classification data: random features and labels, lengths 200..800 frames."""
+
+    def __init__(self, num_seqs: int, **kwargs):
+        super().__init__(**kwargs)
+        self.lengths = np.random.RandomState(0).randint(200, 801, size=num_seqs)
+        self.data_keys = {
+            "data": DataKey("data", FEATURES, "float32", shape=(FEATURES,)),
+            "classes": DataKey("classes", CLASSES, "int32", sparse=True),
+        }
+
+    def _corpus_size(self) -> int:
+        return len(self.lengths)
+
+    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+        n = int(self.lengths[corpus_idx])
+        return {"data": n, "classes": n}
+
+    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        rng = np.random.RandomState(corpus_idx)
+        n = int(self.lengths[corpus_idx])
+        return {
+            "data": rng.standard_normal((n, FEATURES)).astype("float32"),
+            "classes": rng.randint(0, CLASSES, size=n).astype("int32"),
+        }
+
+
+class Encoder(nn.Module):
+    """Transformer encoder with a framewise softmax output."""
+
+    def __init__(self, layers: int, dim: int = 512):
+        super().__init__()
+        self.inp = nn.Linear(FEATURES, dim)
+        layer = nn.TransformerEncoderLayer(dim, 8, 4 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Linear(dim, CLASSES)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+        return self.out(self.encoder(self.inp(x), src_key_padding_mask=mask))
+
+
+def masked_ce(model: nn.Module, data: Dict[str, torch.Tensor]):
+    logits = model(data["data"], data["data:size1"])
+    lengths = data["classes:size1"]
+    mask = torch.arange(logits.shape[1], device=logits.device)[None, :] < lengths[:, None]
+    loss = nn.functional.cross_entropy(logits[mask].float(), data["classes"][mask].long(), reduction="sum")
+    return loss, lengths.sum()
+
+
+def plain_loop(model: nn.Module, batches: List[Dict[str, torch.Tensor]], device: str) -> float:
+    """Seconds for one epoch of the reference loop."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    total = torch.zeros((), device=device)
+    start = time.perf_counter()
+    for batch in batches:
+        data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+            loss, norm = masked_ce(model, data)
+        (loss / norm).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        total += loss.detach()
+    float(total)  # one sync at the end
+    return time.perf_counter() - start
+
+
+def train_step(*, model, data, run_ctx, **kwargs):
+    loss, norm = masked_ce(model, data)
+    run_ctx.mark_as_loss(loss, "ce", inv_norm_factor=norm)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seqs", type=int, default=1500)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=20000)
+    args = parser.parse_args()
+    log.initialize(verbosity=2)
+
+    dataset = RandomFrames(args.seqs, seq_ordering="laplace:.64")
+    keys = {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "max_seqs": 64,
+        "num_epochs": 3,
+        "optimizer": {"class": "adam"},
+        "learning_rate": 1e-4,
+        "torch_amp_options": {"dtype": "bfloat16"},
+        "get_model": lambda epoch, step, **kw: Encoder(args.layers),
+        "train_step": train_step,
+        "log_step_interval": 100,
+    }
+    config = Config(keys)
+    engine = Engine(config)
+    engine.init_train(train_data=dataset)
+    options = PipelineOptions.from_config(config, device=args.device)
+    batches = list(EpochBatches(dataset, 1, options))
+    frames = sum(int(b["data:size1"].sum()) for b in batches)
+    print(f"{len(batches)} batches, {frames} frames per epoch, device {args.device}, torch {torch.__version__}")
+
+    reference = Encoder(args.layers).to(args.device)
+    plain_loop(reference, batches[:10], args.device)  # warm-up
+    plain_seconds = min(plain_loop(reference, batches, args.device) for _ in range(2))
+
+    def engine_epoch(epoch: int) -> float:
+        engine.epoch = epoch
+        engine.init_train_epoch()
+        start = time.perf_counter()
+        engine.train_epoch()
+        return time.perf_counter() - start
+
+    engine_epoch(1)  # warm-up
+    engine_seconds = engine_epoch(2)
+    syncs = 0
+    if args.device.startswith("cuda"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            engine_epoch(3)
+            torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
+    print(f"plain loop (in-memory batches): {frames / plain_seconds / 1e6:.3f} M frames/s ({plain_seconds:.2f} s)")
+    print(f"engine (pipeline + loop):       {frames / engine_seconds / 1e6:.3f} M frames/s ({engine_seconds:.2f} s)")
+    print(f"engine / plain throughput ratio: {plain_seconds / engine_seconds:.3f}")
+    if args.device.startswith("cuda"):
+        print(f"host-device syncs in one engine epoch: {syncs} for {len(batches)} steps")
+
+
+if __name__ == "__main__":
+    main()
