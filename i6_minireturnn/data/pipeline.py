@@ -1,20 +1,27 @@
-"""Turns a dataset epoch into an iterable of collated batches, loaded in worker processes.
+"""Turns a dataset epoch into an iterable of collated batches, loaded ahead by workers.
 
 Where the dataset knows its sequence lengths, the epoch's batches are planned up front from (seed, epoch)
 and workers load planned batches by index: the result is the same for any number of workers.
 Datasets without known lengths are streamed through one worker and batched on the fly (same batches).
+
+Workers are threads by default: reading, decoding and copying arrays release the GIL, and a batch then
+needs no transfer between processes (which costs more than collating it). ``data_worker_type = "process"``
+uses DataLoader worker processes instead, for datasets whose loading holds the GIL.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.utils.data
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .batching import BatchLimits, group_into_batches, plan_batches
 from .collate import collate_batch
 from .dataset import Dataset
@@ -30,6 +37,8 @@ class PipelineOptions:
     drop_last: bool = False
     num_workers: int = 1
     pin_memory: bool = False
+    worker_type: str = "thread"
+    prefetch: int = 2  # batches in flight per worker
 
     @classmethod
     def from_config(cls, config: Any, *, device: str) -> PipelineOptions:
@@ -39,11 +48,15 @@ class PipelineOptions:
             batch_size = config.int("batch_size", 1)
         limits = BatchLimits(batch_size, config.int("max_seqs", -1))
         num_workers = config.int("num_workers_per_gpu", 1)
+        worker_type = config.value("data_worker_type", "thread")
+        if worker_type not in ("thread", "process"):
+            raise ConfigError(f"data_worker_type must be 'thread' or 'process', got {worker_type!r}")
         return cls(
             limits=limits,
             drop_last=config.bool("batch_drop_last", False),
             num_workers=max(0, num_workers),
             pin_memory=device.startswith("cuda"),
+            worker_type=worker_type,
         )
 
 
@@ -105,6 +118,68 @@ class EpochBatches:
         return None if self.plan is None else len(self.plan)
 
     def __iter__(self) -> Iterator[Batch]:
+        count = 0
+        for batch in self._batches():
+            count += 1
+            yield batch
+        if count == 0:
+            raise DataError(f"Dataset {self.dataset.name!r} gave no batch in epoch {self.epoch}")
+
+    def _batches(self) -> Iterator[Batch]:
+        if self.options.num_workers == 0 or self.options.worker_type == "thread":
+            return self._thread_batches()
+        return self._process_batches()
+
+    def _load(self, index: int) -> Batch:
+        batch = collate_batch([self.dataset.get_corpus_seq(c, seq_idx=s) for c, s in self.plan[index]])
+        return _pinned(batch) if self.options.pin_memory else batch
+
+    def _thread_batches(self) -> Iterator[Batch]:
+        """In-process loading; with workers, threads load the next batches while the current one is used."""
+        if self.plan is not None:
+            num_threads = self.options.num_workers
+            tasks: Iterator[Callable[[], Optional[Batch]]] = (
+                functools.partial(self._load, index) for index in range(len(self.plan))
+            )
+        else:  # one stream: one thread reads ahead
+            num_threads = min(self.options.num_workers, 1)
+            stream = iter(_StreamedBatches(self.dataset, self.options))
+            pin = self.options.pin_memory
+
+            def next_batch() -> Optional[Batch]:
+                batch = next(stream, None)
+                return _pinned(batch) if pin and batch is not None else batch
+
+            tasks = iter(lambda: next_batch, None)  # endless; a None result ends the epoch
+        if num_threads == 0:
+            for task in tasks:
+                batch = task()
+                if batch is None:
+                    return
+                yield batch
+            return
+        pool = ThreadPoolExecutor(num_threads, thread_name_prefix="data")
+        pending: collections.deque = collections.deque()
+        try:
+            for task in tasks:
+                pending.append(pool.submit(task))
+                if len(pending) >= num_threads * self.options.prefetch:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                if batch is None:
+                    return
+                for task in tasks:
+                    pending.append(pool.submit(task))
+                    break
+                yield batch
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+
+    def _process_batches(self) -> Iterator[Batch]:
+        """DataLoader worker processes (fork)."""
         if self.plan is not None:
             source: torch.utils.data.Dataset = _PlannedBatches(self.dataset, self.plan)
             num_workers = min(self.options.num_workers, len(self.plan))
@@ -118,12 +193,12 @@ class EpochBatches:
             pin_memory=self.options.pin_memory,
             multiprocessing_context=_worker_context() if num_workers else None,
         )
-        count = 0
-        for batch in loader:
-            count += 1
-            yield batch
-        if count == 0:
-            raise DataError(f"Dataset {self.dataset.name!r} gave no batch in epoch {self.epoch}")
+        yield from loader
+
+
+def _pinned(batch: Batch) -> Batch:
+    """Page-locked copies of the tensors, so the copy to the GPU can run asynchronously."""
+    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _worker_context() -> Optional[str]:

@@ -97,8 +97,8 @@ def test_collate_pads_and_reports_sizes():
     assert batch["seq_tag"] == ["a", "b"] and batch["seq_idx"] == [0, 1]
 
 
-def _all_batches(dataset, workers, epoch=1):
-    options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=workers)
+def _all_batches(dataset, workers, epoch=1, worker_type="thread"):
+    options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=workers, worker_type=worker_type)
     return [(b["seq_tag"], b["data"].sum().item()) for b in EpochBatches(dataset, epoch, options)]
 
 
@@ -106,7 +106,8 @@ def test_batches_identical_for_any_worker_count():
     dataset = SyntheticSpeechDataset(num_seqs=40, seq_ordering="laplace:.10")
     single = _all_batches(dataset, 0)
     assert _all_batches(dataset, 1) == single
-    assert _all_batches(dataset, 2) == single
+    assert _all_batches(dataset, 3) == single
+    assert _all_batches(dataset, 2, worker_type="process") == single
     tags = [t for batch, _ in single for t in batch]
     assert sorted(tags) == sorted(f"seq-{i}" for i in range(40))  # every sequence once
 
@@ -122,6 +123,18 @@ def test_streamed_dataset_gives_the_same_batches():
     planned = _all_batches(SyntheticSpeechDataset(num_seqs=25, seq_ordering="random"), 0)
     assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 0) == planned
     assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 1) == planned
+    assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 2, worker_type="process") == planned
+
+
+def test_stopping_early_leaves_no_running_loader():
+    import threading
+
+    dataset = SyntheticSpeechDataset(num_seqs=200)
+    options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=3)
+    batches = iter(EpochBatches(dataset, 1, options))
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("data")]
 
 
 def test_empty_dataset_is_an_error_not_a_hang():
