@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, default=1500)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=1, help="num_workers_per_gpu")
+    parser.add_argument("--worker-type", default="thread", choices=["thread", "process"])
     args = parser.parse_args()
     log.initialize(verbosity=2)
 
@@ -135,6 +137,8 @@ def main() -> None:
         "get_model": lambda epoch, step, **kw: Encoder(args.layers),
         "train_step": train_step,
         "log_step_interval": 100,
+        "num_workers_per_gpu": args.workers,
+        "data_worker_type": args.worker_type,
     }
     config = Config(keys)
     engine = Engine(config)
@@ -145,7 +149,10 @@ def main() -> None:
         for b in EpochBatches(dataset, 1, options)
     ]
     frames = sum(int(b["data:size1"].sum()) for b in batches)
-    print(f"{len(batches)} batches, {frames} frames per epoch, device {args.device}, torch {torch.__version__}")
+    print(
+        f"{len(batches)} batches, {frames} frames per epoch, device {args.device}, torch {torch.__version__}, "
+        f"{args.layers} layers, {args.workers} {args.worker_type} worker(s)"
+    )
 
     reference = Encoder(args.layers).to(args.device)
     plain_loop(reference, batches[:10], args.device)  # warm-up
