@@ -12,11 +12,10 @@ import argparse
 import time
 
 import torch
+from engine_overhead import RandomFrames  # noqa: E402  (benchmarks run from their folder or with it on sys.path)
 
 from i6_minireturnn.data.batching import BatchLimits
 from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
-
-from engine_overhead import RandomFrames  # noqa: E402  (benchmarks run from their folder or with it on sys.path)
 
 
 def main() -> None:
