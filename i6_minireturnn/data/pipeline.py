@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ import torch
 import torch.utils.data
 
 from ..errors import ConfigError, DataError
-from .batching import BatchLimits, group_into_batches, plan_batches
+from .batching import BatchLimits, group_into_batches
+from .chunking import Chunking, LengthFilter, Span, chunk_lengths, cut
 from .collate import collate_batch
 from .dataset import Dataset
 
@@ -39,6 +41,8 @@ class PipelineOptions:
     pin_memory: bool = False
     worker_type: str = "thread"
     prefetch: int = 2  # batches in flight per worker
+    length_filter: Optional[LengthFilter] = None
+    chunking: Optional[Chunking] = None
 
     @classmethod
     def from_config(cls, config: Any, *, device: str) -> PipelineOptions:
@@ -51,7 +55,11 @@ class PipelineOptions:
         worker_type = config.value("data_worker_type", "thread")
         if worker_type not in ("thread", "process"):
             raise ConfigError(f"data_worker_type must be 'thread' or 'process', got {worker_type!r}")
+        length_filter = LengthFilter(config.typed_value("min_seq_length"), config.typed_value("max_seq_length"))
+        chunking_options = config.typed_value("chunking_options")
         return cls(
+            length_filter=length_filter if length_filter.active else None,
+            chunking=Chunking(chunking_options) if chunking_options else None,
             limits=limits,
             drop_last=config.bool("batch_drop_last", False),
             num_workers=max(0, num_workers),
@@ -60,10 +68,41 @@ class PipelineOptions:
         )
 
 
-class _PlannedBatches(torch.utils.data.Dataset):
-    """Map-style: batch index -> collated batch; the plan holds (corpus_idx, seq_idx) pairs."""
+Item = Tuple[int, int, Optional[Span]]  # (corpus_idx, seq_idx, chunk span or None): one batch entry
 
-    def __init__(self, dataset: Dataset, plan: List[List[Tuple[int, int]]]):
+
+def expand_sequence(
+    options: PipelineOptions, corpus_idx: int, seq_idx: int, lengths: Dict[str, int], *, seed: int, where: str
+) -> List[Tuple[Item, Dict[str, int]]]:
+    """The batch entries of one sequence (none if filtered, several if chunked), with their lengths."""
+    if options.length_filter is not None and not options.length_filter.keep(lengths):
+        return []
+    if options.chunking is None:
+        return [((corpus_idx, seq_idx, None), lengths)]
+    fraction = options.chunking.start_fraction(seed, corpus_idx)
+    spans = options.chunking.spans(lengths, fraction, where=where)
+    return [((corpus_idx, seq_idx, span), chunk_lengths(lengths, span)) for span in spans]
+
+
+def load_items(dataset: Dataset, items: List[Item]) -> Batch:
+    """Loads (each sequence once, also when several of its chunks are in the batch) and collates."""
+    loaded: Dict[int, Dict[str, Any]] = {}
+    seqs = []
+    for corpus_idx, seq_idx, span in items:
+        if corpus_idx not in loaded:
+            loaded[corpus_idx] = dataset.get_corpus_seq(corpus_idx, seq_idx=seq_idx)
+        seqs.append(cut(loaded[corpus_idx], span))
+    return collate_batch(seqs)
+
+
+def _array_lengths(seq: Dict[str, Any]) -> Dict[str, int]:
+    return {k: int(v.shape[0]) for k, v in seq.items() if hasattr(v, "shape") and v.ndim}
+
+
+class _PlannedBatches(torch.utils.data.Dataset):
+    """Map-style: batch index -> collated batch, for DataLoader worker processes."""
+
+    def __init__(self, dataset: Dataset, plan: List[List[Item]]):
         self.dataset = dataset
         self.plan = plan
 
@@ -71,27 +110,35 @@ class _PlannedBatches(torch.utils.data.Dataset):
         return len(self.plan)
 
     def __getitem__(self, index: int) -> Batch:
-        return collate_batch([self.dataset.get_corpus_seq(c, seq_idx=s) for c, s in self.plan[index]])
+        return load_items(self.dataset, self.plan[index])
 
 
 class _StreamedBatches(torch.utils.data.IterableDataset):
     """Iterable: loads sequences in epoch order and batches them as they come (lengths unknown up front)."""
 
-    def __init__(self, dataset: Dataset, options: PipelineOptions):
+    def __init__(self, dataset: Dataset, options: PipelineOptions, seed: int):
         self.dataset = dataset
         self.options = options
+        self.seed = seed
 
     def __iter__(self) -> Iterator[Batch]:
-        seqs: Dict[int, Dict[str, Any]] = {}
+        chunks: Dict[int, Dict[str, Any]] = {}
+        numbers = itertools.count()
 
-        def with_lengths() -> Iterator[Tuple[int, Dict[str, int]]]:
+        def entries() -> Iterator[Tuple[int, Dict[str, int]]]:
             for seq_idx in range(self.dataset.num_seqs):
                 seq = self.dataset.get_seq(seq_idx)
-                seqs[seq_idx] = seq
-                yield seq_idx, {k: int(v.shape[0]) for k, v in seq.items() if hasattr(v, "shape") and v.ndim}
+                corpus_idx = self.dataset.corpus_index(seq_idx)
+                where = f"sequence {seq['seq_tag']!r} of dataset {self.dataset.name!r}"
+                for (_, _, span), lengths in expand_sequence(
+                    self.options, corpus_idx, seq_idx, _array_lengths(seq), seed=self.seed, where=where
+                ):
+                    key = next(numbers)
+                    chunks[key] = cut(seq, span)
+                    yield key, lengths
 
-        for batch in group_into_batches(with_lengths(), self.options.limits, drop_last=self.options.drop_last):
-            yield collate_batch([seqs.pop(i) for i in batch])
+        for batch in group_into_batches(entries(), self.options.limits, drop_last=self.options.drop_last):
+            yield collate_batch([chunks.pop(i) for i in batch])
 
 
 class EpochBatches:
@@ -102,15 +149,26 @@ class EpochBatches:
         self.epoch = epoch
         self.options = options
         dataset.init_seq_order(epoch)
+        self.seed = dataset.random_seed_for_epoch(epoch)
         if dataset.num_seqs == 0:
             raise DataError(f"Dataset {dataset.name!r} has no sequences in epoch {epoch}")
-        self.plan: Optional[List[List[Tuple[int, int]]]] = None
+        self.plan: Optional[List[List[Item]]] = None
         if dataset.knows_seq_lengths():
-            lengths = [dataset.get_seq_length(i) for i in range(dataset.num_seqs)]
-            batches = plan_batches(lengths, options.limits, drop_last=options.drop_last)
-            self.plan = [[(dataset.corpus_index(i), i) for i in batch] for batch in batches]
+            entries: List[Tuple[Item, Dict[str, int]]] = []
+            for seq_idx in range(dataset.num_seqs):
+                corpus_idx = dataset.corpus_index(seq_idx)
+                where = f"sequence {seq_idx} of dataset {dataset.name!r}"
+                lengths = dataset.get_seq_length(seq_idx)
+                entries.extend(expand_sequence(options, corpus_idx, seq_idx, lengths, seed=self.seed, where=where))
+            batches = group_into_batches(
+                ((i, lengths) for i, (_, lengths) in enumerate(entries)), options.limits, drop_last=options.drop_last
+            )
+            self.plan = [[entries[i][0] for i in batch] for batch in batches]
             if not self.plan:
-                raise DataError(f"Dataset {dataset.name!r}: no batch left in epoch {epoch} (batch_drop_last?)")
+                raise DataError(
+                    f"Dataset {dataset.name!r}: no batch left in epoch {epoch} "
+                    "(all sequences filtered by min/max_seq_length, or batch_drop_last?)"
+                )
 
     @property
     def num_batches(self) -> Optional[int]:
@@ -131,7 +189,7 @@ class EpochBatches:
         return self._process_batches()
 
     def _load(self, index: int) -> Batch:
-        batch = collate_batch([self.dataset.get_corpus_seq(c, seq_idx=s) for c, s in self.plan[index]])
+        batch = load_items(self.dataset, self.plan[index])
         return _pinned(batch) if self.options.pin_memory else batch
 
     def _thread_batches(self) -> Iterator[Batch]:
@@ -143,7 +201,7 @@ class EpochBatches:
             )
         else:  # one stream: one thread reads ahead
             num_threads = min(self.options.num_workers, 1)
-            stream = iter(_StreamedBatches(self.dataset, self.options))
+            stream = iter(_StreamedBatches(self.dataset, self.options, self.seed))
             pin = self.options.pin_memory
 
             def next_batch() -> Optional[Batch]:
@@ -184,7 +242,7 @@ class EpochBatches:
             source: torch.utils.data.Dataset = _PlannedBatches(self.dataset, self.plan)
             num_workers = min(self.options.num_workers, len(self.plan))
         else:
-            source = _StreamedBatches(self.dataset, self.options)
+            source = _StreamedBatches(self.dataset, self.options, self.seed)
             num_workers = min(self.options.num_workers, 1)  # one stream, one worker
         loader = torch.utils.data.DataLoader(
             source,

@@ -149,3 +149,94 @@ def test_init_dataset_errors():
         init_dataset({"class": "SyntheticSpeechDataset", "num_seq": 3}, name="train")
     with pytest.raises(ConfigError, match="no 'class'"):
         init_dataset({"num_seqs": 3}, name="dev")
+
+
+def _collect(dataset, options, epoch=1):
+    return [b for b in EpochBatches(dataset, epoch, options)]
+
+
+def test_length_filters():
+    from i6_minireturnn.data.chunking import LengthFilter
+
+    dataset = SyntheticSpeechDataset(num_seqs=40)
+    dataset.init_seq_order(1)
+    lengths = [dataset.get_seq_length(i)["data"] for i in range(40)]
+    length_filter = LengthFilter({"data": 12}, {"data": 25})
+    options = PipelineOptions(limits=BatchLimits(200, 8), num_workers=0, length_filter=length_filter)
+    kept = [n for b in _collect(dataset, options) for n in b["data:size1"].tolist()]
+    assert sorted(kept) == sorted(n for n in lengths if 12 <= n <= 25)
+    assert 0 < len(kept) < 40
+
+
+def test_length_filter_int_applies_to_every_key():
+    from i6_minireturnn.data.chunking import LengthFilter
+
+    assert LengthFilter(None, 10).keep({"data": 10, "classes": 3})
+    assert not LengthFilter(None, 10).keep({"data": 11, "classes": 3})
+    assert not LengthFilter(5, None).keep({"data": 11, "classes": 3})
+    assert LengthFilter({"data": 5}, None).keep({"data": 11, "classes": 3})
+    with pytest.raises(ConfigError, match="max_seq_length"):
+        LengthFilter(None, "long")
+
+
+def test_chunking_values_and_min_chunk_size():
+    from i6_minireturnn.data.chunking import Chunking
+
+    chunking = Chunking(
+        {"chunk_streams": {k: {"size": 4, "step": 3, "min_chunk_size": 2} for k in ("data", "classes")}}
+    )
+    dataset = DummyDataset(input_dim=2, output_dim=5, num_seqs=2, seq_len=10)
+    options = PipelineOptions(limits=BatchLimits(1000, 100), num_workers=0, chunking=chunking)
+    (batch,) = _collect(dataset, options)
+    assert batch["seq_tag"] == ["seq-0"] * 3 + ["seq-1"] * 3
+    assert batch["data:size1"].tolist() == [4, 4, 4] * 2
+    dataset.init_seq_order(1)
+    full = dataset.get_seq(1)["classes"]
+    assert batch["classes"][3:].tolist() == [full[0:4].tolist(), full[3:7].tolist(), full[6:10].tolist()]
+
+
+def test_random_chunk_start_is_reproducible_and_worker_independent():
+    from i6_minireturnn.data.chunking import Chunking
+
+    opts = {"chunk_streams": {"data": {"size": 5, "step": 5}}, "random_chunk_start": True}
+    dataset = SyntheticSpeechDataset(num_seqs=30)
+
+    def run(workers, worker_type="thread"):
+        options = PipelineOptions(
+            limits=BatchLimits(40, 8), num_workers=workers, worker_type=worker_type, chunking=Chunking(opts)
+        )
+        return [(b["seq_tag"], b["data"].sum().item()) for b in EpochBatches(dataset, 1, options)]
+
+    first = run(0)
+    assert run(2) == first and run(1, "process") == first
+    assert _all_batches(_StreamOnly(num_seqs=30), 0) == _all_batches(SyntheticSpeechDataset(num_seqs=30), 0)
+
+
+def test_chunking_mismatch_names_the_sequence():
+    from i6_minireturnn.data.chunking import Chunking
+
+    chunking = Chunking({"chunk_streams": {"data": {"size": 2, "step": 2}, "classes": {"size": 2, "step": 2}}})
+    options = PipelineOptions(limits=BatchLimits(100), num_workers=0, chunking=chunking)
+    with pytest.raises(DataError, match="different numbers of chunks.*sequence 0"):
+        _collect(SyntheticSpeechDataset(num_seqs=3), options)
+
+
+def test_training_with_chunking_and_filters_from_config(tmp_path, monkeypatch):
+    from i6_minireturnn.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.config").write_text(
+        "#!rnn.py\nimport torch\n"
+        "train = {'class': 'DummyDataset', 'input_dim': 2, 'output_dim': 3, 'num_seqs': 6, 'seq_len': 12}\n"
+        "chunking_options = {'chunk_streams': {'data': {'size': 5, 'step': 5}, 'classes': {'size': 5, 'step': 5}}}\n"
+        "max_seq_length = {'data': 100}\nbatch_size = 50\nnum_epochs = 1\nmodel = 'm/model'\n"
+        "optimizer = {'class': 'sgd'}\nseen = []\n"
+        "def get_model(epoch, step, **kwargs):\n    return torch.nn.Linear(2, 3)\n"
+        "def train_step(*, model, data, run_ctx, **kwargs):\n"
+        "    open('sizes.txt', 'a').write(' '.join(map(str, data['data:size1'].tolist())) + ' ')\n"
+        "    run_ctx.mark_as_loss(model(data['data']).sum(), 'x')\n"
+        "def forward_step(**kwargs):\n    pass\n"
+    )
+    assert main(["c.config", "++log_verbosity", "1"]) == 0
+    sizes = sorted(int(n) for n in (tmp_path / "sizes.txt").read_text().split())
+    assert sizes == sorted([5, 5, 2] * 6)  # 12 frames, chunks of 5 every 5 frames
