@@ -12,6 +12,7 @@ from .dataset import Dataset, check_dataset_kwargs
 DATASET_MODULES: Dict[str, str] = {
     "DummyDataset": "generating",
     "SyntheticSpeechDataset": "generating",
+    "MetaDataset": "meta",
 }
 
 

@@ -1,0 +1,163 @@
+"""MetaDataset: combines data keys of several datasets whose sequences match by tag (RETURNN's options)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .dataset import DataKey, Dataset
+from .registry import init_dataset
+
+
+def read_seq_list(filename: str) -> List[str]:
+    """Sequence tags, one per line (plain or gzip)."""
+    if not os.path.isfile(filename):
+        raise DataError(f"seq_list_file not found: {filename!r}")
+    opener = gzip.open if filename.endswith(".gz") else open
+    with opener(filename, "rt", encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+class MetaDataset(Dataset):
+    """``datasets``: {name: dataset dict}; ``data_map``: {key: (name, key in that dataset)}.
+
+    The sequence order comes from ``seq_order_control_dataset`` (its ``seq_ordering`` and ``partition_epoch``);
+    the other datasets are read by tag. ``seq_list_file`` restricts the corpus to the listed tags.
+    """
+
+    def __init__(
+        self,
+        *,
+        datasets: Dict[str, Any],
+        data_map: Dict[str, Tuple[str, str]],
+        seq_order_control_dataset: Optional[str] = None,
+        seq_list_file: Optional[str] = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(datasets, dict) or not datasets:
+            raise ConfigError(f"MetaDataset {self.name!r}: 'datasets' must be a non-empty dict")
+        self.datasets = {name: init_dataset(opts, name=f"{self.name}/{name}") for name, opts in datasets.items()}
+        self.control_name = seq_order_control_dataset or sorted(self.datasets)[0]
+        if self.control_name not in self.datasets:
+            raise ConfigError(
+                f"MetaDataset {self.name!r}: seq_order_control_dataset {self.control_name!r} is not in datasets "
+                f"{sorted(self.datasets)}"
+            )
+        self.data_map: Dict[str, Tuple[str, str]] = {}
+        for key, target in data_map.items():
+            if not (isinstance(target, (tuple, list)) and len(target) == 2):
+                raise ConfigError(f"MetaDataset {self.name!r}: data_map[{key!r}] must be (dataset name, data key)")
+            name, sub_key = target
+            if name not in self.datasets:
+                raise ConfigError(
+                    f"MetaDataset {self.name!r}: data_map[{key!r}] names unknown dataset {name!r}; "
+                    f"datasets: {sorted(self.datasets)}"
+                )
+            if sub_key not in self.datasets[name].data_keys:
+                raise ConfigError(
+                    f"MetaDataset {self.name!r}: data_map[{key!r}] names key {sub_key!r}, which dataset {name!r} "
+                    f"does not have (it has {sorted(self.datasets[name].data_keys)})"
+                )
+            self.data_map[key] = (name, sub_key)
+            sub = self.datasets[name].data_keys[sub_key]
+            self.data_keys[key] = DataKey(key, sub.dim, sub.dtype, sub.sparse, sub.shape)
+        self.control = self.datasets[self.control_name]
+        self.seq_list = read_seq_list(seq_list_file) if seq_list_file else None
+        self._tag_index: Dict[str, Dict[str, int]] = {}
+
+    # the corpus is the control dataset's (or the seq list's) sequences
+
+    def _control_tags(self) -> List[str]:
+        return self.seq_list if self.seq_list is not None else self.control.get_all_tags()
+
+    def _index_of(self, name: str) -> Dict[str, int]:
+        if name not in self._tag_index:
+            self._tag_index[name] = {tag: i for i, tag in enumerate(self.datasets[name].get_all_tags())}
+        return self._tag_index[name]
+
+    def check_tags(self) -> None:
+        """Every sequence must exist in every dataset: a clear error naming the dataset and missing tags."""
+        tags = self._control_tags()
+        for name in self.datasets:
+            index = self._index_of(name)
+            missing = [t for t in tags if t not in index]
+            if missing:
+                raise DataError(
+                    f"MetaDataset {self.name!r}: {len(missing)} sequence(s) missing in dataset {name!r}, "
+                    f"e.g. {missing[:3]}"
+                )
+
+    def _corpus_size(self) -> int:
+        return len(self._control_tags())
+
+    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+        return self._control_tags()[corpus_idx]
+
+    def init_seq_order(
+        self,
+        epoch: Optional[int] = None,
+        seq_list: Optional[Sequence[str]] = None,
+        seq_order: Optional[Sequence[int]] = None,
+    ) -> bool:
+        self.check_tags()
+        epoch = epoch or 1
+        self.epoch = epoch
+        control_index = self._index_of(self.control_name)
+        if seq_list is None and seq_order is None and self.seq_list is not None:
+            seq_list = self.seq_list
+            order = [control_index[t] for t in seq_list]
+            tags = self.control.get_all_tags()
+            # the control dataset orders the listed sequences (sorting, shuffling) as it would its own
+            self.control.init_seq_order(epoch, seq_order=self._control_ordered(order))
+            positions = {t: i for i, t in enumerate(self.seq_list)}
+            self._epoch_order = [positions[tags[self.control.corpus_index(i)]] for i in range(self.control.num_seqs)]
+            return True
+        if seq_order is not None:
+            self._epoch_order = list(seq_order)
+            return True
+        self.control.init_seq_order(epoch, seq_list=seq_list)
+        self._epoch_order = [self.control.corpus_index(i) for i in range(self.control.num_seqs)]
+        return True
+
+    def _control_ordered(self, corpus_indices: List[int]) -> List[int]:
+        from .seq_order import compute_seq_order
+
+        lengths = self.control._corpus_length_for_sorting if self.control.knows_seq_lengths() else None
+        picked = compute_seq_order(
+            len(corpus_indices),
+            self.control.seq_ordering,
+            seed=self.control.random_seed_for_epoch(self.epoch),
+            get_seq_len=(lambda i: lengths(corpus_indices[i])) if lengths else None,
+        )
+        return [corpus_indices[i] for i in picked]
+
+    def _sub_index(self, name: str, corpus_idx: int) -> int:
+        return self._index_of(name)[self._corpus_seq_tag(corpus_idx)]
+
+    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        loaded: Dict[str, Dict[str, np.ndarray]] = {}
+        result = {}
+        for key, (name, sub_key) in self.data_map.items():
+            if name not in loaded:
+                loaded[name] = self.datasets[name]._load_seq(self._sub_index(name, corpus_idx))
+            result[key] = loaded[name][sub_key]
+        return result
+
+    def knows_seq_lengths(self) -> bool:
+        return all(self.datasets[name].knows_seq_lengths() for name, _ in self.data_map.values())
+
+    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+        if not self.knows_seq_lengths():
+            return None
+        per_dataset: Dict[str, Dict[str, int]] = {}
+        lengths = {}
+        for key, (name, sub_key) in self.data_map.items():
+            if name not in per_dataset:
+                per_dataset[name] = self.datasets[name]._corpus_seq_lengths(self._sub_index(name, corpus_idx)) or {}
+            lengths[key] = per_dataset[name].get(sub_key, 0)
+        return lengths

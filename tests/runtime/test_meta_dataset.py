@@ -1,0 +1,74 @@
+"""MetaDataset: data keys of several datasets combined by sequence tag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from i6_minireturnn.data.registry import init_dataset
+from i6_minireturnn.errors import ConfigError, DataError
+
+
+def _meta(**extra):
+    opts = {
+        "class": "MetaDataset",
+        "datasets": {
+            "feat": {"class": "SyntheticSpeechDataset", "num_seqs": 12, "seq_ordering": "random"},
+            "align": {"class": "DummyDataset", "input_dim": 3, "output_dim": 7, "num_seqs": 12, "seq_len": 4},
+        },
+        "data_map": {"data": ("feat", "data"), "classes": ("align", "classes"), "extra": ("align", "data")},
+        "seq_order_control_dataset": "feat",
+    }
+    opts.update(extra)
+    return init_dataset(opts, name="train")
+
+
+def test_keys_come_from_their_datasets_matched_by_tag():
+    meta = _meta()
+    meta.init_seq_order(2)
+    feat = init_dataset({"class": "SyntheticSpeechDataset", "num_seqs": 12, "seq_ordering": "random"})
+    feat.init_seq_order(2)
+    assert [meta.get_seq_tag(i) for i in range(12)] == [feat.get_seq_tag(i) for i in range(12)]  # control's order
+    assert meta.get_data_dim("classes") == 7 and meta.is_data_sparse("classes") and meta.get_data_dim("extra") == 3
+    align = init_dataset({"class": "DummyDataset", "input_dim": 3, "output_dim": 7, "num_seqs": 12, "seq_len": 4})
+    align.init_seq_order(1)
+    for i in range(12):
+        seq = meta.get_seq(i)
+        tag = seq["seq_tag"]
+        np.testing.assert_array_equal(seq["data"], feat.get_seq(i)["data"])
+        np.testing.assert_array_equal(seq["classes"], align.get_seq(int(tag.split("-")[1]))["classes"])
+    assert meta.knows_seq_lengths() and meta.get_seq_length(0)["extra"] == 4
+
+
+def test_seq_list_file_restricts_the_corpus(tmp_path):
+    (tmp_path / "list.txt").write_text("seq-3\nseq-7\nseq-1\n")
+    meta = _meta(seq_list_file=str(tmp_path / "list.txt"))
+    meta.init_seq_order(1)
+    assert sorted(meta.get_seq_tag(i) for i in range(meta.num_seqs)) == ["seq-1", "seq-3", "seq-7"]
+
+
+def test_missing_tags_are_named():
+    opts = {
+        "class": "MetaDataset",
+        "datasets": {
+            "a": {"class": "SyntheticSpeechDataset", "num_seqs": 5},
+            "b": {"class": "SyntheticSpeechDataset", "num_seqs": 3},
+        },
+        "data_map": {"data": ("a", "data"), "classes": ("b", "classes")},
+        "seq_order_control_dataset": "a",
+    }
+    meta = init_dataset(opts, name="train")
+    with pytest.raises(DataError, match="2 sequence.*missing in dataset 'b'.*seq-3"):
+        meta.init_seq_order(1)
+
+
+@pytest.mark.parametrize(
+    "data_map, message",
+    [
+        ({"data": ("nope", "data")}, "unknown dataset 'nope'"),
+        ({"data": ("feat", "features")}, "key 'features', which dataset 'feat' does not have"),
+    ],
+)
+def test_bad_data_map(data_map, message):
+    with pytest.raises(ConfigError, match=message):
+        _meta(data_map=data_map)
