@@ -13,6 +13,7 @@ DATASET_MODULES: Dict[str, str] = {
     "DummyDataset": "generating",
     "SyntheticSpeechDataset": "generating",
     "MetaDataset": "meta",
+    "HDFDataset": "hdf",
 }
 
 

@@ -1,0 +1,156 @@
+"""HDFDataset: reads RETURNN's HDF layout (see :mod:`.hdf_writer`) lazily, file by file, sequence by sequence.
+
+Only the per-sequence offsets (a cumulative sum of ``seqLengths``) are kept in memory; data is read with h5py
+slices on demand, so memory does not grow with the file size. Files are opened per process (loader worker
+processes reopen them after a fork).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..cache_manager import cached_path
+from ..errors import ConfigError, DataError
+from .dataset import DataKey, Dataset
+
+
+def _decode(value: Any) -> str:
+    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return text.split("\0")[0]
+
+
+class _HDFFile:
+    """One file: its keys, offsets and (per process) open handle."""
+
+    def __init__(self, path: str):
+        import h5py
+
+        self.path = path
+        if not os.path.isfile(path):
+            raise DataError(f"HDF file not found: {path!r}")
+        try:
+            with h5py.File(path, "r") as f:
+                self._read_header(f)
+        except DataError:
+            raise
+        except Exception as exc:  # not HDF, truncated, ...
+            raise DataError(f"Cannot read HDF file {path!r} (not an HDF file, or truncated): {exc}") from None
+        self._handle = None
+        self._pid: Optional[int] = None
+
+    def _read_header(self, f: Any) -> None:
+        if "seqLengths" not in f:
+            raise DataError(f"HDF file {self.path!r} has no 'seqLengths': not in RETURNN's HDF layout")
+        lengths = np.asarray(f["seqLengths"][...], dtype=np.int64)
+        has_targets = "targets/data" in f
+        size_attrs = f["targets/size"].attrs if "targets/size" in f else {}
+        self.target_keys: List[str] = sorted(set(f["targets/data"].keys()) | set(size_attrs)) if has_targets else []
+        self.has_inputs = "inputs" in f
+        if lengths.ndim == 1:
+            lengths = lengths[:, None]
+        # files without targets still carry a (dummy) second column for 'classes'
+        columns = (1 if self.has_inputs else 0) + (len(self.target_keys) if has_targets else 1)
+        if lengths.shape[1] < columns - (0 if has_targets else 1):
+            raise DataError(f"HDF file {self.path!r}: seqLengths has {lengths.shape[1]} columns, expected {columns}")
+        self.num_seqs = lengths.shape[0]
+        self.lengths = lengths
+        self.starts = np.zeros_like(lengths)
+        np.cumsum(lengths[:-1], axis=0, out=self.starts[1:])
+        self.tags = [_decode(t) for t in f["seqTags"][...]] if "seqTags" in f else None
+        self.keys: Dict[str, DataKey] = {}
+        self.columns: Dict[str, int] = {}
+        if self.has_inputs:
+            inputs = f["inputs"]
+            sparse = inputs.ndim == 1
+            dim = int(f.attrs.get("inputPattSize", 1)) if sparse else int(inputs.shape[-1])
+            self.keys["data"] = DataKey("data", dim, str(inputs.dtype), sparse, tuple(inputs.shape[1:]))
+            self.columns["data"] = 0
+        for i, key in enumerate(self.target_keys):
+            if key not in f["targets/data"]:
+                raise DataError(f"HDF file {self.path!r}: targets/size names {key!r} but targets/data lacks it")
+            data = f["targets/data"][key]
+            size = size_attrs.get(key)
+            dim = int(np.asarray(size).flat[0]) if size is not None else (int(data.shape[-1]) if data.ndim > 1 else 1)
+            self.keys[key] = DataKey(key, dim, str(data.dtype), data.ndim == 1, tuple(data.shape[1:]))
+            self.columns[key] = (1 if self.has_inputs else 0) + i
+
+    def handle(self) -> Any:
+        if self._handle is None or self._pid != os.getpid():
+            import h5py
+
+            self._handle = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._handle
+
+    def read(self, key: str, seq: int) -> np.ndarray:
+        column = self.columns[key]
+        start, length = int(self.starts[seq, column]), int(self.lengths[seq, column])
+        f = self.handle()
+        dataset = f["inputs"] if key == "data" and self.has_inputs else f["targets/data"][key]
+        try:
+            return dataset[start : start + length]
+        except Exception as exc:
+            raise DataError(f"Cannot read sequence {seq} key {key!r} from {self.path!r}: {exc}") from None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handle"] = None  # an open h5py file does not travel to other processes
+        return state
+
+
+class HDFDataset(Dataset):
+    """RETURNN's ``HDFDataset``: ``files`` (list), all sequences of all files, in file order."""
+
+    def __init__(
+        self,
+        *,
+        files: Sequence[str],
+        use_cache_manager: bool = True,
+        data_keys: Optional[Sequence[str]] = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(files, str) or not files:
+            raise ConfigError(f"HDFDataset {self.name!r}: 'files' must be a non-empty list of paths, got {files!r}")
+        self.files = [_HDFFile(cached_path(str(path), enabled=use_cache_manager)) for path in files]
+        first = self.files[0]
+        for other in self.files[1:]:
+            if set(other.keys) != set(first.keys):
+                raise DataError(
+                    f"HDF files {first.path!r} and {other.path!r} have different data keys: "
+                    f"{sorted(first.keys)} vs {sorted(other.keys)}"
+                )
+        self.data_keys = dict(first.keys)
+        if data_keys is not None:
+            missing = [k for k in data_keys if k not in self.data_keys]
+            if missing:
+                raise DataError(
+                    f"HDF file {first.path!r} has no data key(s) {missing}; it has {sorted(self.data_keys)}"
+                )
+            self.data_keys = {k: self.data_keys[k] for k in data_keys}
+        self._file_starts = np.cumsum([0] + [f.num_seqs for f in self.files])
+
+    def _locate(self, corpus_idx: int):
+        file_idx = int(np.searchsorted(self._file_starts, corpus_idx, side="right")) - 1
+        return self.files[file_idx], corpus_idx - int(self._file_starts[file_idx])
+
+    def _corpus_size(self) -> int:
+        return int(self._file_starts[-1])
+
+    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+        hdf, seq = self._locate(corpus_idx)
+        return hdf.tags[seq] if hdf.tags is not None else f"seq-{corpus_idx}"
+
+    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+        hdf, seq = self._locate(corpus_idx)
+        return {key: int(hdf.lengths[seq, hdf.columns[key]]) for key in self.data_keys}
+
+    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        hdf, seq = self._locate(corpus_idx)
+        return {key: hdf.read(key, seq) for key in self.data_keys}
+
+    def get_all_tags(self) -> List[str]:
+        return [self._corpus_seq_tag(i) for i in range(self._corpus_size())]

@@ -1,0 +1,78 @@
+"""Dumps a dataset (a config's ``train`` dataset, another key, or a dataset dict) to an HDF file.
+
+    python -m i6_minireturnn.tools.hdf_dump CONFIG OUT.hdf [--dataset train] [--epoch 1]
+    python -m i6_minireturnn.tools.hdf_dump "{'class': 'SyntheticSpeechDataset', 'num_seqs': 10}" OUT.hdf
+
+Every data key and the sequence tags are written in RETURNN's layout: ``data`` as ``inputs`` (or the first key
+where there is no ``data``), the other keys as targets. The output appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+from .. import compat
+from ..__main__ import load_config
+from ..data.dataset import Dataset
+from ..data.hdf_writer import SimpleHDFWriter
+from ..data.registry import init_dataset
+from ..errors import ConfigError, UserError
+
+
+def dataset_from_argument(source: str, key: str) -> Dataset:
+    """A dataset from a dict literal or from the `key` entry of a config file."""
+    if source.lstrip().startswith("{") and not os.path.isfile(source):
+        try:
+            opts: Any = ast.literal_eval(source)
+        except (ValueError, SyntaxError) as exc:
+            raise ConfigError(f"Cannot parse the dataset dict {source!r}: {exc}") from None
+        return init_dataset(opts, name=key)
+    config = load_config([source], [])
+    if not config.has(key):
+        raise ConfigError(f"Config file {source} has no dataset {key!r}")
+    return init_dataset(config.typed_value(key), name=key)
+
+
+def dump(dataset: Dataset, output: str, *, epoch: int = 1) -> int:
+    """Writes all sequences of the epoch; returns their number."""
+    dataset.init_seq_order(epoch)
+    keys = dataset.data_keys
+    input_key = "data" if "data" in keys else next(iter(keys))
+    main = keys[input_key]
+    extra_type = {k: (v.dim, v.ndim, v.dtype) for k, v in keys.items() if k != input_key}
+    writer = SimpleHDFWriter(output, dim=main.dim, ndim=main.ndim, extra_type=extra_type or None)
+    for seq_idx in range(dataset.num_seqs):
+        seq = dataset.get_seq(seq_idx)
+        data = seq[input_key]
+        extra = {k: seq[k][None] for k in extra_type}
+        writer.insert_batch(data[None], [data.shape[0]], [seq["seq_tag"]], extra=extra or None)
+    writer.close()
+    return dataset.num_seqs
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line entry; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("source", help="config file, or a dataset dict as Python literal")
+    parser.add_argument("output", help="HDF file to write")
+    parser.add_argument("--dataset", default="train", help="config key of the dataset (default: train)")
+    parser.add_argument("--epoch", type=int, default=1)
+    args = parser.parse_args(argv)
+    compat.install()  # config files may import returnn.* names
+    try:
+        count = dump(dataset_from_argument(args.source, args.dataset), args.output, epoch=args.epoch)
+    except UserError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        compat.uninstall()
+    print(f"Wrote {count} sequences to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
