@@ -1,14 +1,16 @@
 """HDFDataset: reads RETURNN's HDF layout (see :mod:`.hdf_writer`) lazily, file by file, sequence by sequence.
 
-Only the per-sequence offsets (a cumulative sum of ``seqLengths``) are kept in memory; data is read with h5py
-slices on demand, so memory does not grow with the file size. Files are opened per process (loader worker
-processes reopen them after a fork).
+Only the per-sequence offsets (a cumulative sum of ``seqLengths``) are kept in memory; data is read on demand,
+so memory does not grow with the file size. Datasets stored contiguously and unfiltered (as our writer stores
+them) are read with plain positioned reads at their byte offset: no HDF5 call per sequence, and loader threads
+read in parallel (HDF5 itself serialises all calls). Chunked or compressed datasets (e.g. from Mini-RETURNN's
+writer) are read through h5py. Files are opened per process (worker processes reopen them after a fork).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,6 +41,8 @@ class _HDFFile:
         except Exception as exc:  # not HDF, truncated, ...
             raise DataError(f"Cannot read HDF file {path!r} (not an HDF file, or truncated): {exc}") from None
         self._handle = None
+        self._fd: Optional[int] = None
+        self._datasets: Dict[str, Any] = {}
         self._pid: Optional[int] = None
 
     def _read_header(self, f: Any) -> None:
@@ -62,12 +66,14 @@ class _HDFFile:
         self.tags = [_decode(t) for t in f["seqTags"][...]] if "seqTags" in f else None
         self.keys: Dict[str, DataKey] = {}
         self.columns: Dict[str, int] = {}
+        self.raw: Dict[str, Tuple[int, np.dtype, Tuple[int, ...]]] = {}  # key -> (byte offset, dtype, row shape)
         if self.has_inputs:
             inputs = f["inputs"]
             sparse = inputs.ndim == 1
             dim = int(f.attrs.get("inputPattSize", 1)) if sparse else int(inputs.shape[-1])
             self.keys["data"] = DataKey("data", dim, str(inputs.dtype), sparse, tuple(inputs.shape[1:]))
             self.columns["data"] = 0
+            self._note_raw_layout("data", inputs)
         for i, key in enumerate(self.target_keys):
             if key not in f["targets/data"]:
                 raise DataError(f"HDF file {self.path!r}: targets/size names {key!r} but targets/data lacks it")
@@ -76,28 +82,55 @@ class _HDFFile:
             dim = int(np.asarray(size).flat[0]) if size is not None else (int(data.shape[-1]) if data.ndim > 1 else 1)
             self.keys[key] = DataKey(key, dim, str(data.dtype), data.ndim == 1, tuple(data.shape[1:]))
             self.columns[key] = (1 if self.has_inputs else 0) + i
+            self._note_raw_layout(key, data)
 
-    def handle(self) -> Any:
-        if self._handle is None or self._pid != os.getpid():
-            import h5py
+    def _note_raw_layout(self, key: str, dataset: Any) -> None:
+        """Remembers where a contiguous, unfiltered, fixed-size dataset lies in the file."""
+        if dataset.chunks is not None or dataset.compression is not None or dataset.dtype.kind in "OSUV":
+            return
+        offset = dataset.id.get_offset()
+        if offset is not None:
+            self.raw[key] = (int(offset), dataset.dtype, tuple(dataset.shape[1:]))
 
-            self._handle = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._handle
+    def _reopen_after_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._handle, self._fd, self._datasets, self._pid = None, None, {}, os.getpid()
+
+    def dataset(self, key: str) -> Any:
+        """The h5py dataset of a key (h5py objects are cached: looking them up costs more than small reads)."""
+        self._reopen_after_fork()
+        if key not in self._datasets:
+            if self._handle is None:
+                import h5py
+
+                self._handle = h5py.File(self.path, "r", rdcc_nbytes=64 * 2**20, rdcc_nslots=100_003)
+            self._datasets[key] = self._handle["inputs"] if key == "data" else self._handle["targets/data"][key]
+        return self._datasets[key]
 
     def read(self, key: str, seq: int) -> np.ndarray:
         column = self.columns[key]
         start, length = int(self.starts[seq, column]), int(self.lengths[seq, column])
-        f = self.handle()
-        dataset = f["inputs"] if key == "data" and self.has_inputs else f["targets/data"][key]
         try:
-            return dataset[start : start + length]
+            if key in self.raw:
+                return self._read_raw(key, start, length)
+            return self.dataset(key)[start : start + length]
         except Exception as exc:
             raise DataError(f"Cannot read sequence {seq} key {key!r} from {self.path!r}: {exc}") from None
 
+    def _read_raw(self, key: str, start: int, length: int) -> np.ndarray:
+        self._reopen_after_fork()
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        offset, dtype, row_shape = self.raw[key]
+        row_bytes = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        out = np.empty((length,) + row_shape, dtype=dtype)
+        if length and os.preadv(self._fd, [memoryview(out).cast("B")], offset + start * row_bytes) != out.nbytes:
+            raise DataError(f"HDF file {self.path!r} ends early (truncated?)")
+        return out
+
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
-        state["_handle"] = None  # an open h5py file does not travel to other processes
+        state.update(_handle=None, _fd=None, _datasets={}, _pid=None)  # open files do not travel between processes
         return state
 
 

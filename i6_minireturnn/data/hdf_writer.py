@@ -6,7 +6,8 @@ Layout: ``inputs`` [total_time, dim] (or [total_time] sparse), ``seqLengths`` [n
 Root attributes ``inputPattSize``, ``numLabels``, ``numSeqs``, ``numTimesteps``, ``numDims``.
 
 The file is written to a temp name in the target folder and renamed on :func:`SimpleHDFWriter.close`, so an
-unfinished writer leaves no file under the final name.
+unfinished writer leaves no file under the final name. On close, the growable (chunked) data arrays are
+rewritten contiguously, which readers can load with plain positioned reads (see :mod:`.hdf`).
 """
 
 from __future__ import annotations
@@ -175,6 +176,14 @@ class SimpleHDFWriter:
             self._file.create_dataset("inputs", shape=(0,) if self.ndim == 1 else (0, self.dim or 1), dtype="float32")
         self._file.close()
         self._file = None
+        compact = temp_path_for(self.filename)
+        try:
+            write_contiguous_copy(self._tmp, compact)
+        except BaseException:
+            os.remove(compact)
+            raise
+        os.remove(self._tmp)
+        self._tmp = compact
         if os.path.exists(self.filename):
             print(f"SimpleHDFWriter: replacing existing {self.filename}", file=log.v3)
         commit_temp(self._tmp, self.filename)
@@ -190,3 +199,26 @@ class SimpleHDFWriter:
         tmp = getattr(self, "_tmp", None)
         if tmp and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_contiguous_copy(source: str, target: str, block_bytes: int = 64 * 2**20) -> None:
+    """Copies an HDF file; numeric datasets become contiguous (copied in blocks: memory stays bounded)."""
+    h5py = _h5py()
+    with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
+        dst.attrs.update(dict(src.attrs))
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Group):
+                group = dst.require_group(name)
+                group.attrs.update(dict(obj.attrs))
+            elif obj.dtype.kind in "OSUV" or obj.ndim == 0:
+                src.copy(obj, dst, name=name)
+            else:
+                out = dst.create_dataset(name, shape=obj.shape, dtype=obj.dtype)  # contiguous
+                row_bytes = max(obj.dtype.itemsize * int(np.prod(obj.shape[1:], dtype=np.int64)), 1)
+                step = max(block_bytes // row_bytes, 1)
+                for start in range(0, obj.shape[0], step):
+                    out[start : start + step] = obj[start : start + step]
+                out.attrs.update(dict(obj.attrs))
+
+        src.visititems(visit)
