@@ -12,6 +12,11 @@ from .dataset import Dataset, check_dataset_kwargs
 DATASET_MODULES: Dict[str, str] = {
     "DummyDataset": "generating",
     "SyntheticSpeechDataset": "generating",
+    "DummyDatasetMultipleSequenceLength": "generating",
+    "DummyDatasetMultipleDataKeys": "generating",
+    "Task12AXDataset": "generating",
+    "CopyTaskDataset": "generating",
+    "StaticDataset": "generating",
     "MetaDataset": "meta",
     "HDFDataset": "hdf",
 }
