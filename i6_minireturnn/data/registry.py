@@ -19,6 +19,8 @@ DATASET_MODULES: Dict[str, str] = {
     "StaticDataset": "generating",
     "MetaDataset": "meta",
     "HDFDataset": "hdf",
+    "LmDataset": "lm",
+    "TranslationDataset": "lm",
 }
 
 
