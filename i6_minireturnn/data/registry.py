@@ -20,6 +20,7 @@ DATASET_MODULES: Dict[str, str] = {
     "MetaDataset": "meta",
     "HDFDataset": "hdf",
     "LmDataset": "lm",
+    "OggZipDataset": "oggzip",
     "TranslationDataset": "lm",
 }
 
