@@ -1,4 +1,4 @@
-"""MetaDataset: combines data keys of several datasets whose sequences match by tag (RETURNN's options)."""
+"""Datasets over datasets: MetaDataset (keys matched by tag), ConcatDataset and CombinedDataset (corpora joined)."""
 
 from __future__ import annotations
 
@@ -161,3 +161,99 @@ class MetaDataset(Dataset):
                 per_dataset[name] = self.datasets[name]._corpus_seq_lengths(self._sub_index(name, corpus_idx)) or {}
             lengths[key] = per_dataset[name].get(sub_key, 0)
         return lengths
+
+
+class _Concatenated(Dataset):
+    """Common part: the corpus is the sub-datasets' corpora one after another."""
+
+    def _setup(self, datasets: List[Dataset]) -> None:
+        self.parts = datasets
+        self._offsets = np.cumsum([0] + [d.get_total_num_seqs() for d in datasets])
+
+    def _locate(self, corpus_idx: int) -> Tuple[Dataset, int]:
+        part = int(np.searchsorted(self._offsets, corpus_idx, side="right")) - 1
+        return self.parts[part], corpus_idx - int(self._offsets[part])
+
+    def _corpus_size(self) -> int:
+        return int(self._offsets[-1])
+
+    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+        dataset, idx = self._locate(corpus_idx)
+        return dataset._corpus_seq_tag(idx)
+
+    def knows_seq_lengths(self) -> bool:
+        return all(d.knows_seq_lengths() for d in self.parts)
+
+
+class ConcatDataset(_Concatenated):
+    """``datasets``: a list of dataset dicts with the same data keys, read one after another, each in its order."""
+
+    def __init__(self, *, datasets: Sequence[Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        parts = [init_dataset(opts, name=f"{self.name}/{i}") for i, opts in enumerate(datasets)]
+        if not parts:
+            raise ConfigError(f"ConcatDataset {self.name!r}: 'datasets' is empty")
+        for part in parts[1:]:
+            if part.data_keys.keys() != parts[0].data_keys.keys():
+                raise ConfigError(
+                    f"ConcatDataset {self.name!r}: data keys differ: {sorted(parts[0].data_keys)} vs "
+                    f"{sorted(part.data_keys)} ({part.name})"
+                )
+        self._setup(parts)
+        self.data_keys = dict(parts[0].data_keys)
+
+    def init_seq_order(self, epoch=None, seq_list=None, seq_order=None) -> bool:
+        if seq_list is not None or seq_order is not None:
+            return super().init_seq_order(epoch, seq_list=seq_list, seq_order=seq_order)
+        self.epoch = epoch or 1
+        order: List[int] = []
+        for offset, part in zip(self._offsets, self.parts):
+            part.init_seq_order(self.epoch)
+            order.extend(int(offset) + part.corpus_index(i) for i in range(part.num_seqs))
+        self._epoch_order = order
+        return True
+
+    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        dataset, idx = self._locate(corpus_idx)
+        return dataset._load_seq(idx)
+
+    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+        dataset, idx = self._locate(corpus_idx)
+        return dataset._corpus_seq_lengths(idx)
+
+
+class CombinedDataset(_Concatenated):
+    """``datasets`` {name: dict} and ``data_map`` {(name, key): output key}: sequences of all datasets in one
+    corpus (ordered by this dataset's ``seq_ordering``); keys a sequence's dataset lacks are empty (length 0)."""
+
+    def __init__(self, *, datasets: Dict[str, Any], data_map: Dict[Tuple[str, str], str], **kwargs: Any):
+        super().__init__(**kwargs)
+        subs = {name: init_dataset(opts, name=f"{self.name}/{name}") for name, opts in datasets.items()}
+        self.names = list(subs)
+        self._setup([subs[n] for n in self.names])
+        self.maps: Dict[str, Dict[str, str]] = {n: {} for n in self.names}
+        for (name, key), out in data_map.items():
+            if name not in subs or key not in subs[name].data_keys:
+                raise ConfigError(f"CombinedDataset {self.name!r}: data_map entry ({name!r}, {key!r}) is unknown")
+            sub = subs[name].data_keys[key]
+            self.data_keys.setdefault(out, DataKey(out, sub.dim, sub.dtype, sub.sparse, sub.shape))
+            self.maps[name][key] = out
+
+    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        dataset, idx = self._locate(corpus_idx)
+        raw = dataset._load_seq(idx)
+        mapping = self.maps[self.names[self.parts.index(dataset)]]
+        result = {out: raw[key] for key, out in mapping.items()}
+        for out, info in self.data_keys.items():
+            if out not in result:
+                result[out] = np.zeros((0,) + tuple(d or 0 for d in info.shape), dtype=info.dtype)
+        return result
+
+    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+        dataset, idx = self._locate(corpus_idx)
+        lengths = dataset._corpus_seq_lengths(idx)
+        if lengths is None:
+            return None
+        mapping = self.maps[self.names[self.parts.index(dataset)]]
+        result = {out: lengths.get(key, 0) for key, out in mapping.items()}
+        return {out: result.get(out, 0) for out in self.data_keys}

@@ -18,6 +18,8 @@ DATASET_MODULES: Dict[str, str] = {
     "CopyTaskDataset": "generating",
     "StaticDataset": "generating",
     "MetaDataset": "meta",
+    "ConcatDataset": "meta",
+    "CombinedDataset": "meta",
     "HDFDataset": "hdf",
     "LmDataset": "lm",
     "OggZipDataset": "oggzip",

@@ -72,3 +72,42 @@ def test_missing_tags_are_named():
 def test_bad_data_map(data_map, message):
     with pytest.raises(ConfigError, match=message):
         _meta(data_map=data_map)
+
+
+def test_concat_dataset_reads_one_after_another():
+    part = {"class": "SyntheticSpeechDataset", "num_seqs": 3}
+    concat = init_dataset({"class": "ConcatDataset", "datasets": [part, {**part, "seed": 5, "num_seqs": 2}]})
+    concat.init_seq_order(1)
+    assert concat.num_seqs == 5 and [concat.get_seq_tag(i) for i in range(5)] == [
+        "seq-0",
+        "seq-1",
+        "seq-2",
+        "seq-0",
+        "seq-1",
+    ]
+    second = init_dataset({**part, "seed": 5, "num_seqs": 2})
+    second.init_seq_order(1)
+    np.testing.assert_array_equal(concat.get_seq(4)["data"], second.get_seq(1)["data"])
+    with pytest.raises(ConfigError, match="data keys differ"):
+        init_dataset(
+            {"class": "ConcatDataset", "datasets": [part, {"class": "CopyTaskDataset", "nsymbols": 3, "num_seqs": 1}]}
+        )
+
+
+def test_combined_dataset_fills_missing_keys_empty():
+    combined = init_dataset(
+        {
+            "class": "CombinedDataset",
+            "datasets": {
+                "speech": {"class": "SyntheticSpeechDataset", "num_seqs": 2},
+                "text": {"class": "CopyTaskDataset", "nsymbols": 10, "num_seqs": 2, "minlen": 2, "maxlen": 3},
+            },
+            "data_map": {("speech", "data"): "audio", ("speech", "classes"): "labels", ("text", "data"): "labels"},
+            "seq_ordering": "default",
+        }
+    )
+    combined.init_seq_order(1)
+    speech, text = combined.get_seq(0), combined.get_seq(3)
+    assert speech["audio"].shape[1] == 16 and len(speech["labels"]) >= 3
+    assert text["audio"].shape == (0, 16) and 2 <= len(text["labels"]) <= 3
+    assert combined.get_seq_length(3)["audio"] == 0
