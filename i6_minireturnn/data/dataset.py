@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import gzip
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -45,6 +47,7 @@ class Dataset:
         partition_epoch: int = 1,
         random_seed_offset: int = 0,
         fixed_random_seed: Optional[int] = None,
+        seq_list_filter_file: Optional[str] = None,
     ):
         self.name = name or type(self).__name__
         self.seq_ordering = seq_ordering
@@ -53,6 +56,8 @@ class Dataset:
         self.partition_epoch = partition_epoch
         self.random_seed_offset = random_seed_offset
         self.fixed_random_seed = fixed_random_seed
+        self.seq_list_filter_file = seq_list_filter_file
+        self._allowed_tags: Optional[set] = None
         self.data_keys: Dict[str, DataKey] = {}
         self.epoch: Optional[int] = None
         self._epoch_order: Optional[List[int]] = None
@@ -102,11 +107,24 @@ class Dataset:
             seed=self.random_seed_for_epoch(epoch),
             get_seq_len=self._corpus_length_for_sorting if self.knows_seq_lengths() else None,
         )
+        if self.seq_list_filter_file is not None:
+            allowed = self._filter_tags()
+            full_order = [i for i in full_order if self._corpus_seq_tag(i) in allowed]
         part = (epoch - 1) % self.partition_epoch
         self._epoch_order = [
             int(i) for i in np.array_split(np.asarray(full_order, dtype=np.int64), self.partition_epoch)[part]
         ]
         return True
+
+    def _filter_tags(self) -> set:
+        if self._allowed_tags is None:
+            path = self.seq_list_filter_file
+            if not os.path.isfile(path):
+                raise DataError(f"Dataset {self.name}: seq_list_filter_file not found: {path!r}")
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8") as f:
+                self._allowed_tags = {line.strip() for line in f if line.strip()}
+        return self._allowed_tags
 
     def _corpus_indices_for_tags(self, tags: Sequence[str]) -> List[int]:
         index = {self._corpus_seq_tag(i): i for i in range(self._corpus_size())}

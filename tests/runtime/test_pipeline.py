@@ -240,3 +240,12 @@ def test_training_with_chunking_and_filters_from_config(tmp_path, monkeypatch):
     assert main(["c.config", "++log_verbosity", "1"]) == 0
     sizes = sorted(int(n) for n in (tmp_path / "sizes.txt").read_text().split())
     assert sizes == sorted([5, 5, 2] * 6)  # 12 frames, chunks of 5 every 5 frames
+
+
+def test_seq_list_filter_file(tmp_path):
+    (tmp_path / "keep.txt").write_text("seq-2\nseq-5\nseq-7\n")
+    dataset = SyntheticSpeechDataset(
+        num_seqs=10, seq_list_filter_file=str(tmp_path / "keep.txt"), seq_ordering="random"
+    )
+    dataset.init_seq_order(1)
+    assert sorted(dataset.get_seq_tag(i) for i in range(dataset.num_seqs)) == ["seq-2", "seq-5", "seq-7"]
