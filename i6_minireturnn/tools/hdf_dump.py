@@ -10,31 +10,14 @@ where there is no ``data``), the other keys as targets. The output appears compl
 from __future__ import annotations
 
 import argparse
-import ast
-import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from .. import compat
-from ..__main__ import load_config
 from ..data.dataset import Dataset
 from ..data.hdf_writer import SimpleHDFWriter
-from ..data.registry import init_dataset
-from ..errors import ConfigError, UserError
-
-
-def dataset_from_argument(source: str, key: str) -> Dataset:
-    """A dataset from a dict literal or from the `key` entry of a config file."""
-    if source.lstrip().startswith("{") and not os.path.isfile(source):
-        try:
-            opts: Any = ast.literal_eval(source)
-        except (ValueError, SyntaxError) as exc:
-            raise ConfigError(f"Cannot parse the dataset dict {source!r}: {exc}") from None
-        return init_dataset(opts, name=key)
-    config = load_config([source], [])
-    if not config.has(key):
-        raise ConfigError(f"Config file {source} has no dataset {key!r}")
-    return init_dataset(config.typed_value(key), name=key)
+from ..errors import UserError
+from .dataset_source import load_dataset
 
 
 def dump(dataset: Dataset, output: str, *, epoch: int = 1) -> int:
@@ -64,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     compat.install()  # config files may import returnn.* names
     try:
-        count = dump(dataset_from_argument(args.source, args.dataset), args.output, epoch=args.epoch)
+        count = dump(load_dataset(args.source, args.dataset)[0], args.output, epoch=args.epoch)
     except UserError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
