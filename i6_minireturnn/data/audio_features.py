@@ -46,36 +46,43 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
 
 
 def power_spectrogram(audio: np.ndarray, sample_rate: int, window_len: float, step_len: float) -> np.ndarray:
-    """[frames, n_fft // 2 + 1] power spectrum of centred, Hann-windowed frames."""
+    """[frames, n_fft // 2 + 1] power spectrum of centred, Hann-windowed frames (float32: ample for log features)."""
     n_fft = int(window_len * sample_rate)
     hop = int(step_len * sample_rate)
-    padded = np.pad(audio.astype(np.float64), n_fft // 2)
+    padded = np.pad(audio.astype(np.float32), n_fft // 2)
     num_frames = 1 + (len(padded) - n_fft) // hop
     frames = np.lib.stride_tricks.as_strided(
         padded, shape=(num_frames, n_fft), strides=(padded.strides[0] * hop, padded.strides[0])
     )
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
-    return np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+    spectrum = np.fft.rfft(frames * window, axis=1)
+    return (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
 
 
 def log_mel(audio: np.ndarray, sample_rate: int, window_len: float, step_len: float, num_filters: int) -> np.ndarray:
     """log(max(noise floor, mel energies)), [frames, num_filters]."""
     spec = power_spectrogram(audio, sample_rate, window_len, step_len)
-    mel = spec @ mel_filterbank(sample_rate, int(window_len * sample_rate), num_filters).T
+    mel = _project(spec, mel_filterbank(sample_rate, int(window_len * sample_rate), num_filters))
     return np.log(np.maximum(LOG_NOISE_FLOOR, mel))
+
+
+def _project(frames: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """frames @ weights.T without BLAS: BLAS would start its own thread pool in every loader worker, and these
+    products are small, so the workers would mostly fight over cores."""
+    return np.einsum("tf,mf->tm", frames, weights.astype(frames.dtype), optimize=False)
 
 
 def mfcc(audio: np.ndarray, sample_rate: int, window_len: float, step_len: float, num_filters: int, n_mels: int = 128):
     """DCT-II (orthonormal) of the dB mel spectrum; coefficient 0 replaced by the frame RMS energy."""
     spec = power_spectrogram(audio, sample_rate, window_len, step_len)
-    mel = spec @ mel_filterbank(sample_rate, int(window_len * sample_rate), n_mels).T
+    mel = _project(spec, mel_filterbank(sample_rate, int(window_len * sample_rate), n_mels))
     db = 10.0 * np.log10(np.maximum(1e-10, mel))
     db = np.maximum(db, db.max() - 80.0)
     k = np.arange(num_filters)[:, None]
     n = np.arange(n_mels)[None, :]
     dct = np.cos(np.pi * k * (2 * n + 1) / (2 * n_mels)) * np.sqrt(2.0 / n_mels)
     dct[0] /= np.sqrt(2.0)
-    coefficients = db @ dct.T
+    coefficients = _project(db, dct)
     coefficients[:, 0] = np.sqrt(spec.sum(axis=1) * 2 / int(window_len * sample_rate) ** 2)  # RMS via Parseval
     return coefficients
 
