@@ -143,17 +143,18 @@ class NumbersDict:
     @classmethod
     def max(cls, items) -> NumbersDict:
         """Element-wise maximum of several NumbersDicts / numbers."""
-        result = None
-        for item in items:
-            result = NumbersDict(item) if result is None else result._combine(item, max)
-        return result if result is not None else NumbersDict()
+        return cls._reduce(items, max)
 
     @classmethod
     def min(cls, items) -> NumbersDict:
         """Element-wise minimum of several NumbersDicts / numbers."""
+        return cls._reduce(items, min)
+
+    @classmethod
+    def _reduce(cls, items, op: Callable[[Any, Any], Any]) -> NumbersDict:
         result = None
         for item in items:
-            result = NumbersDict(item) if result is None else result._combine(item, min)
+            result = NumbersDict(item) if result is None else result._combine(item, op)
         return result if result is not None else NumbersDict()
 
     def __repr__(self) -> str:

@@ -118,12 +118,7 @@ class Dataset:
 
     def _filter_tags(self) -> set:
         if self._allowed_tags is None:
-            path = self.seq_list_filter_file
-            if not os.path.isfile(path):
-                raise DataError(f"Dataset {self.name}: seq_list_filter_file not found: {path!r}")
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                self._allowed_tags = {line.strip() for line in f if line.strip()}
+            self._allowed_tags = set(read_tag_list(self.seq_list_filter_file, "seq_list_filter_file"))
         return self._allowed_tags
 
     def _corpus_indices_for_tags(self, tags: Sequence[str]) -> List[int]:
@@ -224,6 +219,15 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def read_tag_list(filename: str, what: str) -> List[str]:
+    """Sequence tags, one per line, from a plain or gzipped text file (seq lists, segment files)."""
+    if not os.path.isfile(filename):
+        raise DataError(f"{what} not found: {filename!r}")
+    opener = gzip.open if filename.endswith(".gz") else open
+    with opener(filename, "rt", encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
 
 
 def check_dataset_kwargs(cls: type, kwargs: Dict[str, Any], name: str) -> None:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .dataset import DataKey, Dataset
+from .dataset import DataKey, Dataset, read_tag_list
 from .registry import init_dataset
-
-
-def read_seq_list(filename: str) -> List[str]:
-    """Sequence tags, one per line (plain or gzip)."""
-    if not os.path.isfile(filename):
-        raise DataError(f"seq_list_file not found: {filename!r}")
-    opener = gzip.open if filename.endswith(".gz") else open
-    with opener(filename, "rt", encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
 
 
 class MetaDataset(Dataset):
@@ -67,7 +56,7 @@ class MetaDataset(Dataset):
             sub = self.datasets[name].data_keys[sub_key]
             self.data_keys[key] = DataKey(key, sub.dim, sub.dtype, sub.sparse, sub.shape)
         self.control = self.datasets[self.control_name]
-        self.seq_list = read_seq_list(seq_list_file) if seq_list_file else None
+        self.seq_list = read_tag_list(seq_list_file, "seq_list_file") if seq_list_file else None
         self._tag_index: Dict[str, Dict[str, int]] = {}
 
     # the corpus is the control dataset's (or the seq list's) sequences

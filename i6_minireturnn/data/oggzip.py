@@ -8,7 +8,6 @@ batches are planned without decoding any audio.
 from __future__ import annotations
 
 import ast
-import gzip
 import io
 import os
 import zipfile
@@ -19,7 +18,7 @@ import numpy as np
 from ..cache_manager import cached_path
 from ..errors import ConfigError, DataError
 from .audio_features import AudioFeatureExtractor
-from .dataset import DataKey, Dataset
+from .dataset import DataKey, Dataset, read_tag_list
 from .vocabulary import Vocabulary, create_vocab
 
 
@@ -50,7 +49,7 @@ class OggZipDataset(Dataset):
         for zip_index, zip_path in enumerate(self.paths):
             self.entries.extend(dict(e, _zip=zip_index) for e in self._read_metadata(zip_path))
         if segment_file is not None:
-            wanted = set(_read_tags(segment_file))
+            wanted = set(read_tag_list(segment_file, "segment_file"))
             self.entries = [e for e in self.entries if self._tag(e) in wanted]
         if fixed_random_subset:
             count = fixed_random_subset if fixed_random_subset >= 1 else int(fixed_random_subset * len(self.entries))
@@ -174,11 +173,3 @@ class OggZipDataset(Dataset):
         state = dict(self.__dict__)
         state.update(_zips={}, _pid=None)
         return state
-
-
-def _read_tags(filename: str) -> List[str]:
-    if not os.path.isfile(filename):
-        raise DataError(f"segment_file not found: {filename!r}")
-    opener = gzip.open if filename.endswith(".gz") else open
-    with opener(filename, "rt", encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]

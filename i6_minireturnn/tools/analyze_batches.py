@@ -14,12 +14,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .. import compat
 from ..config import Config
 from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches, PipelineOptions
-from ..errors import UserError
-from .dataset_source import load_dataset
+from .dataset_source import load_dataset, run_tool
 
 
 def analyze(dataset: Dataset, options: PipelineOptions, *, epoch: int = 1) -> Dict[str, float]:
@@ -63,19 +61,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dataset", default="train")
     parser.add_argument("--epoch", type=int, default=1)
     args = parser.parse_args(argv)
-    compat.install()
-    try:
+
+    def action() -> None:
         dataset, config = load_dataset(args.config, args.dataset)
         options = PipelineOptions.from_config(config or Config(), device="cpu")
         options.num_workers = 0
         for name, value in analyze(dataset, options, epoch=args.epoch).items():
             print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
-    except UserError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        compat.uninstall()
-    return 0
+
+    return run_tool(action)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
-"""Where the tools get their dataset: a dataset dict literal, or a dataset key of a config file."""
+"""What the tools share: the dataset to work on (a dataset dict literal or a config's key) and error handling."""
 
 from __future__ import annotations
 
 import ast
 import os
-from typing import Any, Optional, Tuple
+import sys
+from typing import Any, Callable, Optional, Tuple
 
+from .. import compat
 from ..__main__ import load_config
 from ..config import Config
 from ..data.dataset import Dataset
 from ..data.registry import init_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 
 
 def load_dataset(source: str, key: str = "train") -> Tuple[Dataset, Optional[Config]]:
@@ -25,3 +27,17 @@ def load_dataset(source: str, key: str = "train") -> Tuple[Dataset, Optional[Con
     if not config.has(key):
         raise ConfigError(f"Config file {source} has no dataset {key!r}")
     return init_dataset(config.typed_value(key), name=key), config
+
+
+def run_tool(action: Callable[[], None]) -> int:
+    """Runs a tool's work with the ``returnn.*`` names available (configs may import them); user errors become
+    one message on stderr and exit status 1."""
+    compat.install()
+    try:
+        action()
+    except UserError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        compat.uninstall()
+    return 0

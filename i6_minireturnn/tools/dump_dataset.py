@@ -11,10 +11,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .. import compat
 from ..data.dataset import Dataset
-from ..errors import UserError
-from .dataset_source import load_dataset
+from .dataset_source import load_dataset, run_tool
 
 
 def describe(dataset: Dataset, *, epoch: int = 1, num_shown: int = 3) -> str:
@@ -55,15 +53,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--epoch", type=int, default=1)
     parser.add_argument("--seqs", type=int, default=3, help="sequences to print")
     args = parser.parse_args(argv)
-    compat.install()
-    try:
-        print(describe(load_dataset(args.source, args.dataset)[0], epoch=args.epoch, num_shown=args.seqs))
-    except UserError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        compat.uninstall()
-    return 0
+    return run_tool(
+        lambda: print(describe(load_dataset(args.source, args.dataset)[0], epoch=args.epoch, num_shown=args.seqs))
+    )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .. import compat
 from ..data.dataset import Dataset
 from ..data.hdf_writer import SimpleHDFWriter
-from ..errors import UserError
-from .dataset_source import load_dataset
+from .dataset_source import load_dataset, run_tool
 
 
 def dump(dataset: Dataset, output: str, *, epoch: int = 1) -> int:
@@ -45,16 +43,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dataset", default="train", help="config key of the dataset (default: train)")
     parser.add_argument("--epoch", type=int, default=1)
     args = parser.parse_args(argv)
-    compat.install()  # config files may import returnn.* names
-    try:
+
+    def action() -> None:
         count = dump(load_dataset(args.source, args.dataset)[0], args.output, epoch=args.epoch)
-    except UserError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        compat.uninstall()
-    print(f"Wrote {count} sequences to {args.output}")
-    return 0
+        print(f"Wrote {count} sequences to {args.output}")
+
+    return run_tool(action)
 
 
 if __name__ == "__main__":
