@@ -48,6 +48,7 @@ class Dataset:
         random_seed_offset: int = 0,
         fixed_random_seed: Optional[int] = None,
         seq_list_filter_file: Optional[str] = None,
+        epoch_wise_filter: Optional[Dict[Tuple[int, int], Dict[str, Any]]] = None,
     ):
         self.name = name or type(self).__name__
         self.seq_ordering = seq_ordering
@@ -57,6 +58,7 @@ class Dataset:
         self.random_seed_offset = random_seed_offset
         self.fixed_random_seed = fixed_random_seed
         self.seq_list_filter_file = seq_list_filter_file
+        self.epoch_wise_filter = _check_epoch_wise_filter(epoch_wise_filter or {}, self.name)
         self._allowed_tags: Optional[set] = None
         self.data_keys: Dict[str, DataKey] = {}
         self.epoch: Optional[int] = None
@@ -110,11 +112,31 @@ class Dataset:
         if self.seq_list_filter_file is not None:
             allowed = self._filter_tags()
             full_order = [i for i in full_order if self._corpus_seq_tag(i) in allowed]
+        for (first, last), options in self.epoch_wise_filter.items():
+            if first <= epoch <= last:
+                full_order = self._apply_epoch_filter(full_order, options)
         part = (epoch - 1) % self.partition_epoch
         self._epoch_order = [
             int(i) for i in np.array_split(np.asarray(full_order, dtype=np.int64), self.partition_epoch)[part]
         ]
         return True
+
+    def _filter_length(self, corpus_idx: int) -> float:
+        """The length ``epoch_wise_filter`` looks at (the sorting length; OggZip: seconds)."""
+        return self._corpus_length_for_sorting(corpus_idx)
+
+    def _apply_epoch_filter(self, order: List[int], options: Dict[str, Any]) -> List[int]:
+        """``max_num_seqs``: keep the shortest n; ``max_mean_len``: drop the longest until the mean length fits."""
+        lengths = {i: self._filter_length(i) for i in order}
+        keep = sorted(order, key=lambda i: lengths[i])
+        if "max_num_seqs" in options:
+            keep = keep[: int(options["max_num_seqs"])]
+        if "max_mean_len" in options:
+            total = sum(lengths[i] for i in keep)
+            while len(keep) > 1 and total / len(keep) > options["max_mean_len"]:
+                total -= lengths[keep.pop()]
+        kept = set(keep)
+        return [i for i in order if i in kept]
 
     def _filter_tags(self) -> set:
         if self._allowed_tags is None:
@@ -219,6 +241,17 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def _check_epoch_wise_filter(filters: Dict[Any, Dict[str, Any]], name: str) -> Dict[Tuple[int, int], Dict]:
+    """``{(first_epoch, last_epoch): {"max_mean_len": ..., "max_num_seqs": ...}}``."""
+    for epochs, options in filters.items():
+        if not (isinstance(epochs, tuple) and len(epochs) == 2 and isinstance(options, dict)):
+            raise ConfigError(f"Dataset {name}: epoch_wise_filter keys must be (first, last) epoch tuples")
+        unknown = set(options) - {"max_mean_len", "max_num_seqs"}
+        if unknown:
+            raise ConfigError(f"Dataset {name}: epoch_wise_filter options {sorted(unknown)} unknown")
+    return dict(filters)
 
 
 def read_tag_list(filename: str, what: str) -> List[str]:

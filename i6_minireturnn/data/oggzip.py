@@ -11,12 +11,12 @@ import ast
 import io
 import os
 import zipfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from ..cache_manager import cached_path
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .audio_features import AudioFeatureExtractor
 from .dataset import DataKey, Dataset, read_tag_list
 from .vocabulary import Vocabulary, create_vocab
@@ -24,7 +24,8 @@ from .vocabulary import Vocabulary, create_vocab
 
 class OggZipDataset(Dataset):
     """``path`` (zip file or list), ``audio`` (feature options or None), ``targets`` (vocabulary options or None),
-    ``segment_file``, ``fixed_random_subset``, ``epoch_wise_filter``, ``use_cache_manager``."""
+    ``segment_file``, ``fixed_random_subset``, ``use_cache_manager`` (and the base options, e.g.
+    ``epoch_wise_filter`` with ``max_mean_len`` in seconds)."""
 
     def __init__(
         self,
@@ -34,7 +35,6 @@ class OggZipDataset(Dataset):
         targets: Union[Dict[str, Any], Vocabulary, None] = None,
         segment_file: Optional[str] = None,
         fixed_random_subset: Union[int, float, None] = None,
-        epoch_wise_filter: Optional[Dict[Tuple[int, int], Dict[str, Any]]] = None,
         zip_audio_files_have_name_as_prefix: bool = True,
         use_cache_manager: bool = True,
         **kwargs: Any,
@@ -55,7 +55,6 @@ class OggZipDataset(Dataset):
             count = fixed_random_subset if fixed_random_subset >= 1 else int(fixed_random_subset * len(self.entries))
             picked = np.random.RandomState(42).permutation(len(self.entries))[: int(count)]
             self.entries = [self.entries[i] for i in sorted(picked)]
-        self.epoch_wise_filter = epoch_wise_filter or {}
         self._zips: Dict[int, zipfile.ZipFile] = {}
         self._pid: Optional[int] = None
         if self.audio is not None:
@@ -109,29 +108,8 @@ class OggZipDataset(Dataset):
             lengths["classes"] = len(self._target(corpus_idx))
         return lengths
 
-    def init_seq_order(self, epoch=None, seq_list=None, seq_order=None) -> bool:
-        super().init_seq_order(epoch, seq_list=seq_list, seq_order=seq_order)
-        for (first, last), options in self.epoch_wise_filter.items():
-            if first <= self.epoch <= last and seq_list is None and seq_order is None:
-                self._epoch_order = self._filtered(self._epoch_order, options)
-        return True
-
-    def _filtered(self, order: List[int], options: Dict[str, Any]) -> List[int]:
-        """``max_mean_len``: drop the longest sequences until the mean duration is at most that many seconds;
-        ``max_num_seqs``: keep at most that many (the shortest)."""
-        unknown = set(options) - {"max_mean_len", "max_num_seqs"}
-        if unknown:
-            raise ConfigError(f"OggZipDataset {self.name!r}: epoch_wise_filter options {sorted(unknown)} unknown")
-        durations = {i: float(self.entries[i]["duration"]) for i in order}
-        keep = sorted(order, key=lambda i: durations[i])
-        if "max_num_seqs" in options:
-            keep = keep[: int(options["max_num_seqs"])]
-        if "max_mean_len" in options:
-            total = sum(durations[i] for i in keep)
-            while len(keep) > 1 and total / len(keep) > options["max_mean_len"]:
-                total -= durations[keep.pop()]
-        kept = set(keep)
-        return [i for i in order if i in kept]
+    def _filter_length(self, corpus_idx: int) -> float:
+        return float(self.entries[corpus_idx]["duration"])  # epoch_wise_filter's max_mean_len is in seconds here
 
     # ---- loading ---------------------------------------------------------------------------------------------------
 

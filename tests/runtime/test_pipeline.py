@@ -249,3 +249,18 @@ def test_seq_list_filter_file(tmp_path):
     )
     dataset.init_seq_order(1)
     assert sorted(dataset.get_seq_tag(i) for i in range(dataset.num_seqs)) == ["seq-2", "seq-5", "seq-7"]
+
+
+def test_epoch_wise_filter_keeps_short_sequences_early():
+    opts = {"num_seqs": 30, "epoch_wise_filter": {(1, 2): {"max_num_seqs": 10}, (3, 3): {"max_mean_len": 12}}}
+    dataset = SyntheticSpeechDataset(**opts)
+    all_lengths = sorted(dataset._corpus_seq_lengths(i)["data"] for i in range(30))
+    dataset.init_seq_order(1)
+    assert sorted(dataset.get_seq_length(i)["data"] for i in range(dataset.num_seqs)) == all_lengths[:10]
+    dataset.init_seq_order(3)
+    kept = [dataset.get_seq_length(i)["data"] for i in range(dataset.num_seqs)]
+    assert sum(kept) / len(kept) <= 12 and len(kept) < 30
+    dataset.init_seq_order(4)
+    assert dataset.num_seqs == 30
+    with pytest.raises(ConfigError, match="epoch_wise_filter options"):
+        SyntheticSpeechDataset(num_seqs=3, epoch_wise_filter={(1, 1): {"subdirs": []}})
