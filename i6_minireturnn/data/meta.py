@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .dataset import DataKey, Dataset, read_tag_list
 from .registry import init_dataset
+from .vocabulary import read_literal_file
 
 
 class MetaDataset(Dataset):
@@ -246,3 +247,94 @@ class CombinedDataset(_Concatenated):
         mapping = self.maps[self.names[self.parts.index(dataset)]]
         result = {out: lengths.get(key, 0) for key, out in mapping.items()}
         return {out: result.get(out, 0) for out in self.data_keys}
+
+
+class ConcatSeqsDataset(Dataset):
+    """RETURNN's ConcatSeqsDataset: each line of ``seq_list_file`` (tags joined by ``seq_tag_delim``) becomes one
+    sequence, the sub-sequences of ``dataset`` concatenated in time.
+
+    ``seq_len_file`` (a dict literal {tag: length}) gives the lengths used for sorting;
+    ``remove_in_between_postfix`` {key: label} drops that trailing label from all but the last part;
+    ``repeat_in_between_last_frame_up_to_multiple_of`` {key: n} pads all but the last part to a multiple of n
+    frames by repeating its last frame.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: Dict[str, Any],
+        seq_list_file: str,
+        seq_len_file: Optional[str] = None,
+        seq_tag_delim: str = ";",
+        remove_in_between_postfix: Optional[Dict[str, int]] = None,
+        repeat_in_between_last_frame_up_to_multiple_of: Optional[Dict[str, int]] = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.sub = init_dataset(dataset, name=f"{self.name}/dataset")
+        self.data_keys = dict(self.sub.data_keys)
+        self.lines = read_tag_list(seq_list_file, "seq_list_file")
+        self.parts = [line.split(seq_tag_delim) for line in self.lines]
+        index = {tag: i for i, tag in enumerate(self.sub.get_all_tags())}
+        missing = sorted({t for parts in self.parts for t in parts if t not in index})
+        if missing:
+            raise DataError(
+                f"ConcatSeqsDataset {self.name!r}: {len(missing)} tag(s) not in the dataset, e.g. {missing[:3]}"
+            )
+        self.part_indices = [[index[t] for t in parts] for parts in self.parts]
+        self.seq_lens: Optional[Dict[str, int]] = None
+        if seq_len_file is not None:
+            self.seq_lens = read_literal_file(seq_len_file, "seq_len_file")
+        self.remove_postfix = dict(remove_in_between_postfix or {})
+        self.repeat_multiple = dict(repeat_in_between_last_frame_up_to_multiple_of or {})
+
+    def _corpus_size(self) -> int:
+        return len(self.lines)
+
+    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+        return self.lines[corpus_idx]
+
+    def knows_seq_lengths(self) -> bool:
+        return self.sub.knows_seq_lengths()
+
+    def _corpus_length_for_sorting(self, corpus_idx: int) -> int:
+        if self.seq_lens is not None:
+            return sum(int(self.seq_lens.get(t, 0)) for t in self.parts[corpus_idx])
+        return super()._corpus_length_for_sorting(corpus_idx)
+
+    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+        if not self.sub.knows_seq_lengths():
+            return None
+        parts = [self.sub._corpus_seq_lengths(i) for i in self.part_indices[corpus_idx]]
+        lengths = {}
+        for key in self.data_keys:
+            values = [p[key] for p in parts]
+            for i in range(len(values) - 1):  # the in-between parts change as in _load_seq
+                if key in self.remove_postfix:
+                    values[i] -= 1
+                if key in self.repeat_multiple:
+                    values[i] = -(-values[i] // self.repeat_multiple[key]) * self.repeat_multiple[key]
+            lengths[key] = sum(values)
+        return lengths
+
+    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        parts = [self.sub._load_seq(i) for i in self.part_indices[corpus_idx]]
+        result = {}
+        for key in self.data_keys:
+            pieces = []
+            for i, part in enumerate(parts):
+                value = part[key]
+                if i < len(parts) - 1:
+                    if key in self.remove_postfix:
+                        if len(value) == 0 or value[-1] != self.remove_postfix[key]:
+                            raise DataError(
+                                f"ConcatSeqsDataset {self.name!r}: {self.parts[corpus_idx][i]!r} key {key!r} does not "
+                                f"end with the postfix {self.remove_postfix[key]!r}"
+                            )
+                        value = value[:-1]
+                    multiple = self.repeat_multiple.get(key)
+                    if multiple and len(value) % multiple:
+                        value = np.concatenate([value] + [value[-1:]] * (multiple - len(value) % multiple))
+                pieces.append(value)
+            result[key] = np.concatenate(pieces)
+        return result

@@ -20,6 +20,7 @@ DATASET_MODULES: Dict[str, str] = {
     "MetaDataset": "meta",
     "ConcatDataset": "meta",
     "CombinedDataset": "meta",
+    "ConcatSeqsDataset": "meta",
     "HDFDataset": "hdf",
     "LmDataset": "lm",
     "OggZipDataset": "oggzip",

@@ -11,18 +11,23 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from ..errors import ConfigError, DataError
 
 
-def read_vocab_file(filename: str) -> Dict[str, int]:
-    """{label: index} from a RETURNN vocab file; a clear error for anything else."""
+def read_literal_file(filename: str, what: str) -> Any:
+    """A Python literal (dict, list) or a pickle from a file, as RETURNN stores vocabularies and length tables."""
     if not os.path.isfile(filename):
-        raise DataError(f"Vocabulary file not found: {filename!r}")
+        raise DataError(f"{what} not found: {filename!r}")
     with open(filename, "rb") as f:
         raw = f.read()
     try:
-        vocab = pickle.loads(raw) if raw[:1] == b"\x80" else ast.literal_eval(raw.decode("utf-8"))
+        return pickle.loads(raw) if raw[:1] == b"\x80" else ast.literal_eval(raw.decode("utf-8"))
     except (ValueError, SyntaxError, UnicodeDecodeError, pickle.UnpicklingError, EOFError) as exc:
         raise DataError(
-            f"Vocabulary file {filename!r} is neither a Python dict literal nor a pickle ({type(exc).__name__}: {exc})"
+            f"{what} {filename!r} is neither a Python dict literal nor a pickle ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def read_vocab_file(filename: str) -> Dict[str, int]:
+    """{label: index} from a RETURNN vocab file; a clear error for anything else."""
+    vocab = read_literal_file(filename, "Vocabulary file")
     if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()):
         raise DataError(f"Vocabulary file {filename!r} must hold a dict {{label: index}}")
     return vocab

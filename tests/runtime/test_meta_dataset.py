@@ -111,3 +111,39 @@ def test_combined_dataset_fills_missing_keys_empty():
     assert speech["audio"].shape[1] == 16 and len(speech["labels"]) >= 3
     assert text["audio"].shape == (0, 16) and 2 <= len(text["labels"]) <= 3
     assert combined.get_seq_length(3)["audio"] == 0
+
+
+def test_concat_seqs_dataset(tmp_path):
+    data = [
+        {"data": np.arange(6, dtype="float32").reshape(3, 2), "classes": np.array([5, 6, 0])},
+        {"data": np.full((2, 2), 9, dtype="float32"), "classes": np.array([7, 0])},
+        {"data": np.zeros((5, 2), dtype="float32"), "classes": np.array([8, 0])},
+    ]
+    (tmp_path / "list").write_text("seq-0;seq-1\nseq-2\n")
+    (tmp_path / "lens").write_text("{'seq-0': 3, 'seq-1': 2, 'seq-2': 5}")
+    dataset = init_dataset(
+        {
+            "class": "ConcatSeqsDataset",
+            "dataset": {"class": "StaticDataset", "data": data},
+            "seq_list_file": str(tmp_path / "list"),
+            "seq_len_file": str(tmp_path / "lens"),
+            "remove_in_between_postfix": {"classes": 0},
+            "repeat_in_between_last_frame_up_to_multiple_of": {"data": 4},
+            "seq_ordering": "sorted_reverse",
+        }
+    )
+    dataset.init_seq_order(1)
+    assert [dataset.get_seq_tag(i) for i in range(2)] == ["seq-2", "seq-0;seq-1"]  # both 5 long (3 + 2): reversed stable order
+    seq = dataset.get_seq(1)
+    assert seq["classes"].tolist() == [5, 6, 7, 0]
+    assert seq["data"][:, 0].tolist() == [0, 2, 4, 4, 9, 9]  # 3 frames padded to 4 by repeating the last
+    assert dataset.get_seq_length(1) == {"data": 6, "classes": 4}
+    (tmp_path / "bad").write_text("seq-0;seq-9\n")
+    with pytest.raises(DataError, match="not in the dataset.*seq-9"):
+        init_dataset(
+            {
+                "class": "ConcatSeqsDataset",
+                "dataset": {"class": "StaticDataset", "data": data},
+                "seq_list_file": str(tmp_path / "bad"),
+            }
+        )
