@@ -1,0 +1,92 @@
+"""Serializers: hashes equal to i6_experiments' (literal values), written config code that runs, bad paths."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("sisyphus", reason="Sisyphus not installed")
+pytest.importorskip("i6_core", reason="i6_core not installed")
+
+from sisyphus.hash import short_hash  # noqa: E402
+
+from jobs import serialization as s  # noqa: E402
+
+PATH = "i6_minireturnn.data.generating.DummyDataset"
+
+# Literal hashes computed with i6_experiments.common.setups.serialization for the same arguments.
+EXPECTED = {
+    "Import": (lambda: s.Import(PATH), "t3lDR1gNYbNl"),
+    "Import as": (lambda: s.Import(PATH, import_as="get_model"), "7AiOxXQFIZKo"),
+    "Import as, ignored": (
+        lambda: s.Import(PATH, import_as="get_model", ignore_import_as_for_hash=True),
+        "t3lDR1gNYbNl",
+    ),
+    "Import root": (lambda: s.Import(PATH, unhashed_package_root="i6_minireturnn."), "vRPSLkcnTIxA"),
+    "PartialImport": (
+        lambda: s.PartialImport(
+            code_object_path=PATH,
+            unhashed_package_root=None,
+            hashed_arguments={"num_seqs": 3, "seq_len": {"data": 5}},
+            unhashed_arguments={"debug": True},
+            import_as="get_model",
+        ),
+        "3te6vp3pKpUu",
+    ),
+    "ExplicitHash": (lambda: s.ExplicitHash("version-2"), "SwFEVEYK3W9w"),
+    "Collection": (
+        lambda: s.Collection(
+            [s.Import(PATH, import_as="get_model"), s.NonhashedCode("x = 1\n"), s.ExplicitHash({"a": 1})]
+        ),
+        "muATj5Od9VsI",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_hash_equals_i6_experiments(name):
+    make, expected = EXPECTED[name]
+    assert short_hash(make()) == expected
+
+
+def test_code_from_function_hash():
+    from i6_minireturnn.data.collate import collate_batch
+
+    assert short_hash(s.CodeFromFunction("collate", collate_batch)) == "DDlWklbdqGhn"
+
+
+def test_hash_ignores_unhashed_parts_and_follows_hashed_ones():
+    base = s.Collection([s.Import(PATH, import_as="get_model"), s.NonhashedCode("a = 1\n")])
+    other_code = s.Collection([s.Import(PATH, import_as="get_model"), s.NonhashedCode("a = 2\n")])
+    other_import = s.Collection([s.Import(PATH, import_as="get_data")])
+    assert short_hash(base) == short_hash(other_code) != short_hash(other_import)
+
+
+def test_bad_import_path_fails_when_building():
+    with pytest.raises(ImportError, match="no module 'i6_minireturnn.nowhere'"):
+        s.Import("i6_minireturnn.nowhere.Thing")
+    with pytest.raises(ImportError, match="defines no 'NoSuchDataset'"):
+        s.Import("i6_minireturnn.data.generating.NoSuchDataset")
+
+
+def test_collection_config_runs_with_the_runtime(tmp_path, monkeypatch):
+    from i6_core.returnn.config import ReturnnConfig
+
+    from i6_minireturnn.__main__ import main
+
+    model_module = "tests.runtime.user_setup.epoch_aware_model"
+    network = s.Network(f"{model_module}.Model", {"augment_from_epoch": 5}, train_step=f"{model_module}.train_step")
+    config = ReturnnConfig(
+        config={
+            "train": {"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 4, "seq_len": 5},
+            "batch_size": 20,
+            "num_epochs": 1,
+            "optimizer": {"class": "adam"},
+            "model": str(tmp_path / "model"),
+        },
+        post_config={"device": "cpu", "log_verbosity": 1},
+        python_epilog=[s.Collection([network])],
+    )
+    config.write(str(tmp_path / "returnn.config"))
+    monkeypatch.chdir(tmp_path)
+    assert main([str(tmp_path / "returnn.config")]) == 0
+    assert (tmp_path / "model.001.pt").exists()
