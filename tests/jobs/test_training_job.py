@@ -1,0 +1,116 @@
+"""MiniReturnnTrainingJob: hash stability, job-controlled keys, and its tasks run end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sisyphus", reason="Sisyphus not installed")
+pytest.importorskip("i6_core", reason="i6_core not installed")
+
+from i6_core.returnn.config import ReturnnConfig  # noqa: E402
+
+from jobs import MiniReturnnTrainingJob  # noqa: E402
+from jobs.serialization import Collection, Network  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "tests.runtime.user_setup.epoch_aware_model"
+BUILD = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from i6_core.returnn.config import ReturnnConfig
+from jobs import MiniReturnnTrainingJob
+from jobs.serialization import Collection, Network
+config = ReturnnConfig(
+    config={{"optimizer": {{"class": "adam"}}, "batch_size": 20, "train": {{
+        "class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 4, "seq_len": 5}}}},
+    python_epilog=[
+        Collection([Network("{MODEL}.Model", {{"augment_from_epoch": 5}}, train_step="{MODEL}.train_step")])
+    ],
+)
+print(MiniReturnnTrainingJob(config, num_epochs=2, device="cpu").job_id())
+"""
+
+
+def make_config(order=1, post_config=None, epilog_kwargs=None, **config_updates):
+    train = {"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 4, "seq_len": 5}
+    config = {"optimizer": {"class": "adam"}, "batch_size": 20, "train": train}
+    if order < 0:
+        config = dict(reversed(list(config.items())))
+    config.update(config_updates)
+    network = Network(f"{MODEL}.Model", epilog_kwargs or {"augment_from_epoch": 5}, train_step=f"{MODEL}.train_step")
+    return ReturnnConfig(config=config, post_config=post_config or {}, python_epilog=[Collection([network])])
+
+
+def job_id(config=None, **kwargs):
+    kwargs.setdefault("num_epochs", 2)
+    kwargs.setdefault("device", "cpu")
+    return MiniReturnnTrainingJob(config or make_config(), **kwargs).job_id()
+
+
+def test_literal_hash():
+    assert job_id() == "jobs/training/MiniReturnnTrainingJob.ZsHyJoXE3NKM"
+
+
+def test_hash_same_in_other_processes_and_folders(tmp_path):
+    ids = set()
+    for cwd in (tmp_path, REPO):
+        out = subprocess.run([sys.executable, "-c", BUILD], cwd=cwd, capture_output=True, text=True, check=True)
+        ids.add(out.stdout.strip().splitlines()[-1])
+    assert ids == {job_id()}
+
+
+def test_hash_ignores_order_post_config_and_run_settings():
+    reference = job_id()
+    assert job_id(make_config(order=-1)) == reference
+    assert job_id(make_config(post_config={"stop_on_nonfinite_train_score": False})) == reference
+    assert job_id(num_epochs=10, device="gpu", log_verbosity=5, time_rqmt=80, mem_rqmt=32, cpu_rqmt=8) == reference
+    assert job_id(python_exe=None) == reference
+
+
+def test_hash_follows_what_changes_results():
+    reference = job_id()
+    assert job_id(make_config(batch_size=40)) != reference
+    assert job_id(make_config(epilog_kwargs={"augment_from_epoch": 3})) != reference
+    assert job_id(keep_epochs=[1]) != reference
+    assert job_id(save_interval=2) != reference
+    assert job_id(num_processes=2) != reference
+
+
+@pytest.mark.parametrize("key", ["num_epochs", "device", "log_verbosity", "model"])
+def test_job_controlled_keys_are_refused(key):
+    with pytest.raises(ValueError, match=f"sets '{key}'"):
+        MiniReturnnTrainingJob(make_config(**{key: 1}), num_epochs=2)
+
+
+def test_tasks_train_plot_and_resume(tmp_path, monkeypatch):
+    from sisyphus import global_settings
+
+    monkeypatch.setattr(global_settings, "WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.chdir(tmp_path)
+    # a config of its own: no job object cached by other tests (with paths under another work folder)
+    job = MiniReturnnTrainingJob(make_config(batch_size=21), num_epochs=2, device="cpu", keep_epochs=[1])
+    base = Path(job._sis_path())
+    (base / "work").mkdir(parents=True)
+    (base / "output" / "models").mkdir(parents=True)
+    monkeypatch.chdir(base / "work")
+    job.create_files()
+    job.run()
+    job.plot()
+    outputs = base / "output"
+    assert {"returnn.config", "learning_rates", "score_and_error.png", "learning_rate.png"} <= set(os.listdir(outputs))
+    assert all(Path(str(c)).exists() for c in job.out_checkpoints.values()) and sorted(job.out_checkpoints) == [1, 2]
+    assert "written for i6-minireturnn" in (outputs / "returnn.config").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert job.info() == "ep 2/2"
+    # rnn.sh reruns by hand: with more epochs it continues from the stored epoch 2
+    rerun = subprocess.run(
+        [str(base / "work" / "rnn.sh"), "++num_epochs", "3"], capture_output=True, text=True, cwd=base / "work"
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Resuming training after stored epoch 2" in rerun.stdout
+    assert (outputs / "models" / "epoch.003.pt").exists()
