@@ -1,0 +1,98 @@
+"""MiniReturnnForwardJob: runs task forward on a checkpoint; the forward hooks' files become outputs."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional
+
+from i6_core.returnn.config import ReturnnConfig
+from i6_core.returnn.training import PtCheckpoint
+from sisyphus import Job, Task, tk
+
+from .launch import annotate_config, runtime_command, runtime_env
+
+JOB_CONTROLLED_KEYS = {"device": "device", "log_verbosity": "log_verbosity", "load": "model_checkpoint"}
+
+
+class MiniReturnnForwardJob(Job):
+    """Forwards a dataset through a trained model with the config's ``forward_step`` and hooks."""
+
+    def __init__(
+        self,
+        model_checkpoint: PtCheckpoint,
+        returnn_config: ReturnnConfig,
+        *,
+        output_files: List[str],
+        log_verbosity: int = 3,
+        device: str = "gpu",
+        time_rqmt: float = 4,
+        mem_rqmt: float = 4,
+        cpu_rqmt: int = 2,
+        python_exe: Optional[tk.Path] = None,
+    ):
+        """
+        :param model_checkpoint: the checkpoint to load (e.g. ``out_checkpoints[epoch]`` of a training)
+        :param returnn_config: config with the ``forward`` dataset, ``forward_step`` and hooks
+        :param output_files: file names the hooks write into the working folder (e.g. ["output.hdf"])
+        :param log_verbosity: runtime log verbosity (not hashed)
+        :param device: "gpu" or "cpu" (not hashed)
+        :param time_rqmt: hours
+        :param mem_rqmt: GB of memory
+        :param cpu_rqmt: CPU cores
+        :param python_exe: Python to run the runtime with (not hashed)
+        """
+        for key, argument in JOB_CONTROLLED_KEYS.items():
+            if returnn_config.config.get(key) is not None or (returnn_config.post_config or {}).get(key) is not None:
+                raise ValueError(f"returnn_config sets {key!r}, which MiniReturnnForwardJob controls: use {argument}")
+        self.model_checkpoint = model_checkpoint
+        self.output_files = list(output_files)
+        self.python_exe = python_exe
+        self.returnn_config = copy.deepcopy(returnn_config)
+        self.returnn_config.config = {"task": "forward", **self.returnn_config.config}
+        self.returnn_config.post_config = {
+            "device": device,
+            "log": ["./returnn.log"],
+            "log_verbosity": log_verbosity,
+            **(self.returnn_config.post_config or {}),
+        }
+        self.out_returnn_config_file = self.output_path("returnn.config")
+        self.out_files = {name: self.output_path(name) for name in self.output_files}
+        self.rqmt = {"gpu": 1 if device == "gpu" else 0, "cpu": cpu_rqmt, "mem": mem_rqmt, "time": time_rqmt}
+
+    def tasks(self):
+        yield Task("create_files", mini_task=True)
+        yield Task("run", rqmt=self.rqmt)
+
+    def create_files(self):
+        """Writes the config, with ``load`` pointing at the checkpoint."""
+        config = copy.deepcopy(self.returnn_config)
+        config.post_config["load"] = str(self.model_checkpoint)
+        config.write(self.out_returnn_config_file.get_path())
+        annotate_config(self.out_returnn_config_file.get_path())
+
+    def run(self):
+        """Forwards, then moves every declared output into place; a missing one fails the job, naming it."""
+        python = self.python_exe.get_path() if self.python_exe is not None else sys.executable
+        subprocess.check_call(
+            runtime_command(python, self.out_returnn_config_file.get_path()), env=runtime_env(self.rqmt["cpu"])
+        )
+        missing = [name for name in self.output_files if not os.path.exists(name)]
+        if missing:
+            raise FileNotFoundError(f"The forward hooks did not write the declared output(s): {missing}")
+        for name in self.output_files:
+            shutil.move(name, self.out_files[name].get_path())
+
+    @classmethod
+    def hash(cls, kwargs: Dict[str, Any]) -> str:
+        # device, verbosity, requirements and the Python executable do not change the outputs
+        return super().hash(
+            {
+                "model_checkpoint": kwargs["model_checkpoint"],
+                "returnn_config": kwargs["returnn_config"],
+                "output_files": kwargs["output_files"],
+            }
+        )
