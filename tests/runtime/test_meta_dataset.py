@@ -133,7 +133,8 @@ def test_concat_seqs_dataset(tmp_path):
         }
     )
     dataset.init_seq_order(1)
-    assert [dataset.get_seq_tag(i) for i in range(2)] == ["seq-2", "seq-0;seq-1"]  # both 5 long (3 + 2): reversed stable order
+    # both are 5 long (3 + 2): sorted_reverse reverses the stable order
+    assert [dataset.get_seq_tag(i) for i in range(2)] == ["seq-2", "seq-0;seq-1"]
     seq = dataset.get_seq(1)
     assert seq["classes"].tolist() == [5, 6, 7, 0]
     assert seq["data"][:, 0].tolist() == [0, 2, 4, 4, 9, 9]  # 3 frames padded to 4 by repeating the last
