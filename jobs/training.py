@@ -45,6 +45,7 @@ class MiniReturnnTrainingJob(Job):
         cpu_rqmt: int = 2,
         num_processes: Optional[int] = None,
         python_exe: Optional[tk.Path] = None,
+        returnn_python_exe: Optional[tk.Path] = None,
     ):
         """
         :param returnn_config: i6_core ReturnnConfig with the model code (e.g. a serialization Collection)
@@ -58,6 +59,8 @@ class MiniReturnnTrainingJob(Job):
         :param cpu_rqmt: CPU cores per process (also OMP_NUM_THREADS / MKL_NUM_THREADS)
         :param num_processes: several GPU processes launched with torch.distributed.run
         :param python_exe: Python to run the runtime with (default: the manager's); not hashed
+        :param returnn_python_exe: i6_core's name for python_exe, so that existing setups switch by changing the
+            class name (and dropping returnn_root); not hashed
         """
         for key, argument in JOB_CONTROLLED_KEYS.items():
             if returnn_config.config.get(key) is not None or (returnn_config.post_config or {}).get(key) is not None:
@@ -71,7 +74,7 @@ class MiniReturnnTrainingJob(Job):
         self.keep_epochs = sorted(set(keep_epochs)) if keep_epochs is not None else None
         self.device = device
         self.num_processes = num_processes
-        self.python_exe = python_exe
+        self.python_exe = python_exe or returnn_python_exe
         self.returnn_config = self.create_returnn_config(
             returnn_config,
             log_verbosity=log_verbosity,

@@ -114,3 +114,42 @@ def test_tasks_train_plot_and_resume(tmp_path, monkeypatch):
     assert rerun.returncode == 0, rerun.stderr
     assert "Resuming training after stored epoch 2" in rerun.stdout
     assert (outputs / "models" / "epoch.003.pt").exists()
+
+
+def test_forward_job_fails_naming_a_missing_output(tmp_path, monkeypatch):
+    from i6_core.returnn.training import PtCheckpoint
+    from sisyphus import global_settings, tk
+
+    from jobs import MiniReturnnForwardJob
+
+    monkeypatch.setattr(global_settings, "WORK_DIR", str(tmp_path / "work"))
+    import torch
+
+    torch.save({"model": torch.nn.Linear(2, 3).state_dict(), "epoch": 1, "step": 0}, tmp_path / "model.pt")
+    code = (
+        "import torch\n"
+        "def get_model(epoch, step, **kwargs):\n    return torch.nn.Linear(2, 3)\n"
+        "def forward_step(*, model, data, run_ctx, **kwargs):\n    model(data['data'])\n"
+    )
+    config = ReturnnConfig(
+        config={"forward": {"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 2}},
+        python_epilog=[code],
+    )
+    job = MiniReturnnForwardJob(
+        PtCheckpoint(tk.Path(str(tmp_path / "model.pt"))), config, output_files=["scores.txt"], device="cpu"
+    )
+    base = Path(job._sis_path())
+    (base / "work").mkdir(parents=True)
+    (base / "output").mkdir(parents=True)
+    monkeypatch.chdir(base / "work")
+    job.create_files()
+    with pytest.raises(FileNotFoundError, match="did not write the declared output.*scores.txt"):
+        job.run()
+
+
+def test_existing_setups_switch_by_class_name():
+    # ReturnnTrainingJob(returnn_config, returnn_python_exe=..., num_epochs=...) without returnn_root
+    from sisyphus import tk
+
+    job = MiniReturnnTrainingJob(make_config(), num_epochs=2, returnn_python_exe=tk.Path(sys.executable), device="cpu")
+    assert job.job_id() == job_id()
