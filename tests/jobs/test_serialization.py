@@ -90,3 +90,30 @@ def test_collection_config_runs_with_the_runtime(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main([str(tmp_path / "returnn.config")]) == 0
     assert (tmp_path / "model.001.pt").exists()
+
+
+def test_cached_path_resolves_on_the_node(tmp_path, monkeypatch):
+    import stat
+
+    from i6_core.returnn.config import ReturnnConfig
+    from sisyphus import tk
+
+    from i6_minireturnn import cache_manager
+    from i6_minireturnn.config import Config
+    from jobs.cache import CachedPath
+
+    cache = tmp_path / "node_cache"
+    cache.mkdir()
+    (tmp_path / "bin").mkdir()
+    cf = tmp_path / "bin" / "cf"
+    cf.write_text(f'#!/bin/sh\ncp "$1" {cache}/ && echo {cache}/$(basename "$1")\n')
+    cf.chmod(cf.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "corpus.hdf").write_bytes(b"data")
+    path = tk.Path(str(tmp_path / "corpus.hdf"))
+    assert short_hash(CachedPath(path)) == short_hash(path)  # wrapping does not move hashes
+    ReturnnConfig(config={"train": {"class": "HDFDataset", "files": [CachedPath(path)]}}).write(str(tmp_path / "c"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
+    monkeypatch.setattr(cache_manager, "_resolved", {})
+    config = Config()
+    config.load_file(str(tmp_path / "c"))
+    assert config.typed_value("train")["files"] == [str(cache / "corpus.hdf")]
