@@ -153,3 +153,10 @@ def test_existing_setups_switch_by_class_name():
 
     job = MiniReturnnTrainingJob(make_config(), num_epochs=2, returnn_python_exe=tk.Path(sys.executable), device="cpu")
     assert job.job_id() == job_id()
+
+
+def test_update_rqmt_raises_time_and_memory():
+    from jobs.training import update_rqmt
+
+    assert update_rqmt({"time": 4, "mem": 8, "cpu": 2}, {}) == {"time": 6.0, "mem": 10.0, "cpu": 2}
+    assert update_rqmt({"time": 150, "mem": 8}, {})["time"] == 168.0
