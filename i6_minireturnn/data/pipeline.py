@@ -216,35 +216,23 @@ class EpochBatches:
                     return
                 yield batch
             return
-        # Planned batches are independent: while the next batch is still loading, the consumer loads a later one
-        # that no worker has started yet, instead of waiting. Workers thus never make loading slower than loading
-        # in the consumer alone.
-        may_steal = self.plan is not None
         pool = ThreadPoolExecutor(num_threads, thread_name_prefix="data")
-        pending: collections.deque = collections.deque()  # [future, task, batch loaded by the consumer or None]
+        pending: collections.deque = collections.deque()
         try:
             for task in tasks:
-                pending.append([pool.submit(task), task, None])
+                pending.append(pool.submit(task))
                 if len(pending) >= num_threads * self.options.prefetch:
                     break
             while pending:
-                head = pending[0]
-                while may_steal and head[2] is None and not head[0].done():
-                    idle = next((e for e in pending if e[2] is None and e[0].cancel()), None)
-                    if idle is None:
-                        break
-                    idle[2] = idle[1]()
-                future, _, batch = pending.popleft()
-                if batch is None:
-                    batch = future.result()
+                batch = pending.popleft().result()
                 if batch is None:
                     return
                 for task in tasks:
-                    pending.append([pool.submit(task), task, None])
+                    pending.append(pool.submit(task))
                     break
                 yield batch
         finally:
-            for future, _, _ in pending:
+            for future in pending:
                 future.cancel()
             pool.shutdown(wait=True)
 
