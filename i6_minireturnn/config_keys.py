@@ -3,7 +3,7 @@
 KNOWN_CONFIG_KEYS = frozenset("""
     task device train dev eval_datasets forward eval search_data
     batch_size max_seqs max_seq_length min_seq_length chunking_options batch_drop_last
-    num_workers_per_gpu data_worker_type torch_dataloader_opts
+    num_workers_per_gpu data_worker_type
     num_epochs start_epoch save_interval model load load_epoch import_model_train_epoch1 preload_from_files
     load_ignore_missing_vars allow_missing_optimizer_checkpoint cleanup_old_models
     optimizer learning_rate learning_rates learning_rate_control learning_rate_file min_learning_rate
