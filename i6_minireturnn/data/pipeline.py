@@ -12,6 +12,7 @@ uses DataLoader worker processes instead, for datasets whose loading holds the G
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import multiprocessing
@@ -177,9 +178,10 @@ class EpochBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         count = 0
-        for batch in self._batches():
-            count += 1
-            yield batch
+        with contextlib.closing(self._batches()) as batches:  # stops the loader threads also on an early exit
+            for batch in batches:
+                count += 1
+                yield batch
         if count == 0:
             raise DataError(f"Dataset {self.dataset.name!r} gave no batch in epoch {self.epoch}")
 
