@@ -98,6 +98,9 @@ class Engine:
         self._log_step_interval = max(1, config.int("log_step_interval", 50))
         self._progress_interval = config.float("log_progress_interval", 60.0)
         self._random_seed = config.int("random_seed", 42)
+        self._stop_on_nonfinite = config.bool("stop_on_nonfinite_train_score", True)
+        # A CustomEngine may override run_train_step with or without step_idx; decided once, not per step.
+        self._run_train_step_takes_step_idx = _takes_step_idx(self.run_train_step)
 
     # ---- setup ---------------------------------------------------------------------------------------------------
 
@@ -273,7 +276,7 @@ class Engine:
         """One epoch: steps over the training data, then save, evaluate and clean up."""
         print(f"start epoch {self.epoch} with learning rate {self.learning_rate} ...", file=log.v3)
         batches = EpochBatches(self.train_dataset, self.epoch, self._pipeline)
-        stop_on_nonfinite = self.config.bool("stop_on_nonfinite_train_score", True)
+        stop_on_nonfinite = self._stop_on_nonfinite
         tracker = LossTracker(self._device, keep_step_values=log.verbose[5], skip_nonfinite=not stop_on_nonfinite)
         self._model.train()
         run_ctx = init_train_step_run_ctx(
@@ -316,10 +319,9 @@ class Engine:
 
     def _run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int) -> StepResult:
         """Calls :func:`run_train_step` (which a CustomEngine may override, with or without `step_idx`)."""
-        method = self.run_train_step
-        if _takes_step_idx(method):
-            return method(data, run_ctx, step_idx)
-        return method(data, run_ctx)
+        if self._run_train_step_takes_step_idx:
+            return self.run_train_step(data, run_ctx, step_idx)
+        return self.run_train_step(data, run_ctx)
 
     def run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int = 0) -> StepResult:
         """Runs ``train_step`` and the parameter update; returns (total loss, losses by name)."""
@@ -327,8 +329,7 @@ class Engine:
         with self._autocast():
             self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
         total_loss = run_ctx.total_loss()
-        skip_nonfinite = not self.config.bool("stop_on_nonfinite_train_score", True)
-        if skip_nonfinite and not bool(torch.isfinite(total_loss.detach())):  # syncs; only in this opt-in mode
+        if not self._stop_on_nonfinite and not bool(torch.isfinite(total_loss.detach())):  # syncs; only in this opt-in mode
             self._updater.discard_gradients()
         else:
             self._updater.step(total_loss, step_idx)

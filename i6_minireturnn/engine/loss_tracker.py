@@ -23,6 +23,7 @@ class LossTracker:
         self.num_nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
         self.first_nonfinite_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._step_counter = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._constants: Dict[float, torch.Tensor] = {}  # norm factors given as numbers, made on the device once
         self.pending_steps: List[Tuple[int, float, Dict[str, torch.Tensor]]] = []
 
     def add(self, losses: Dict[str, Loss], total_loss: torch.Tensor, *, global_step: int, step_time: float) -> None:
@@ -41,8 +42,8 @@ class LossTracker:
             norm = loss.inv_norm_factor
             if isinstance(norm, torch.Tensor):
                 norm = norm.detach().to(self.device, torch.float64)
-            else:  # a number: made on the device, so no host-to-device copy per step
-                norm = torch.full((), float(1 if norm is None else norm), dtype=torch.float64, device=self.device)
+            else:  # a number (1 where none): a cached device constant, no copy or fill kernel per step
+                norm = self._constant(float(1 if norm is None else norm))
             value = value.to(self.device)
             if self.skip_nonfinite:
                 value = torch.where(finite, value, torch.zeros_like(value))
@@ -54,6 +55,11 @@ class LossTracker:
         if self.keep_step_values:
             self.pending_steps.append((global_step, step_time, step_values))
         self.num_steps += 1
+
+    def _constant(self, value: float) -> torch.Tensor:
+        if value not in self._constants:
+            self._constants[value] = torch.full((), value, dtype=torch.float64, device=self.device)
+        return self._constants[value]
 
     def means(self) -> Dict[str, float]:
         """sum(loss) / sum(inv_norm_factor) per name (one host sync)."""
