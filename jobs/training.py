@@ -15,6 +15,9 @@ from i6_core.returnn.training import PtCheckpoint
 from sisyphus import Job, Task, tk
 from sisyphus import global_settings as gs
 
+from i6_minireturnn.engine.learning_rate_control import read_learning_rate_file
+from i6_minireturnn.errors import ConfigError
+
 from .launch import LEARNING_RATE_FILE, annotate_config, runtime_command, runtime_env
 
 # Keys the job sets itself: a config that sets them gets an error naming the job argument to use.
@@ -181,12 +184,12 @@ class MiniReturnnTrainingJob(Job):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        data = read_learning_rates(self.out_learning_rates.get_path())
+        data = read_learning_rate_file(self.out_learning_rates.get_path())
         epochs = sorted(data)
-        keys = sorted({k for e in epochs for k in data[e]["error"]})
+        keys = sorted({k for e in epochs for k in data[e].error})
         fig, ax = plt.subplots(figsize=(8, 5))
         for key in keys:
-            points = [(e, data[e]["error"][key]) for e in epochs if key in data[e]["error"]]
+            points = [(e, data[e].error[key]) for e in epochs if key in data[e].error]
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
         ax.set_xlabel("epoch")
         ax.set_ylabel("score")
@@ -194,7 +197,7 @@ class MiniReturnnTrainingJob(Job):
         fig.savefig(self.out_plot_se.get_path())
         plt.close(fig)
         fig, ax = plt.subplots(figsize=(8, 5))
-        ax.plot(epochs, [data[e]["learningRate"] for e in epochs], marker="o")
+        ax.plot(epochs, [data[e].learning_rate for e in epochs], marker="o")
         ax.set_xlabel("epoch")
         ax.set_ylabel("learning rate")
         fig.savefig(self.out_plot_lr.get_path())
@@ -205,10 +208,10 @@ class MiniReturnnTrainingJob(Job):
     def _epochs_done(self) -> Optional[int]:
         path = os.path.join(self._sis_path(gs.JOB_WORK_DIR), LEARNING_RATE_FILE)
         try:
-            data = read_learning_rates(path)
-        except (OSError, SyntaxError, ValueError):
+            data = read_learning_rate_file(path)
+        except (OSError, ConfigError):
             return None
-        return max((e for e, d in data.items() if d["error"]), default=0)
+        return max((e for e, d in data.items() if d.error), default=0)
 
     def info(self):
         done = self._epochs_done()
@@ -239,15 +242,6 @@ class MiniReturnnTrainingJob(Job):
         if kwargs["num_processes"] is not None:
             d["num_processes"] = kwargs["num_processes"]
         return super().hash(d)
-
-
-def read_learning_rates(path: str) -> Dict[int, Dict[str, Any]]:
-    """The learning_rates file as {epoch: {"learningRate": ..., "error": {...}}}."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    namespace = {"EpochData": lambda learningRate, error: {"learningRate": learningRate, "error": error}}  # noqa: N803
-    namespace.update({"nan": float("nan"), "inf": float("inf"), "__builtins__": {"float": float}})
-    return eval(text, namespace)  # noqa: S307 - the file format is a Python literal with EpochData calls
 
 
 def update_rqmt(last_rqmt: Dict[str, Any], last_usage: Dict[str, Any]) -> Dict[str, Any]:
