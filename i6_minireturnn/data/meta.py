@@ -57,13 +57,13 @@ class MetaDataset(Dataset):
             sub = self.datasets[name].data_keys[sub_key]
             self.data_keys[key] = DataKey(key, sub.dim, sub.dtype, sub.sparse, sub.shape)
         self.control = self.datasets[self.control_name]
-        self.seq_list = read_tag_list(seq_list_file, "seq_list_file") if seq_list_file else None
+        self.seq_list = set(read_tag_list(seq_list_file, "seq_list_file")) if seq_list_file else None
+        if seq_list_file:
+            # the control dataset's own tag filter: its ordering then covers exactly the listed sequences
+            self.control.seq_list_filter_file = seq_list_file
         self._tag_index: Dict[str, Dict[str, int]] = {}
 
-    # the corpus is the control dataset's (or the seq list's) sequences
-
-    def _control_tags(self) -> List[str]:
-        return self.seq_list if self.seq_list is not None else self.control.get_all_tags()
+    # the corpus is the control dataset's corpus
 
     def _index_of(self, name: str) -> Dict[str, int]:
         if name not in self._tag_index:
@@ -72,7 +72,10 @@ class MetaDataset(Dataset):
 
     def check_tags(self) -> None:
         """Every sequence must exist in every dataset: a clear error naming the dataset and missing tags."""
-        tags = self._control_tags()
+        tags = self.control.get_all_tags()
+        if self.seq_list is not None:
+            known = set(tags)
+            tags = [t for t in tags if t in self.seq_list] + sorted(t for t in self.seq_list if t not in known)
         for name in self.datasets:
             index = self._index_of(name)
             missing = [t for t in tags if t not in index]
@@ -83,10 +86,10 @@ class MetaDataset(Dataset):
                 )
 
     def _corpus_size(self) -> int:
-        return len(self._control_tags())
+        return self.control.get_total_num_seqs()
 
     def _corpus_seq_tag(self, corpus_idx: int) -> str:
-        return self._control_tags()[corpus_idx]
+        return self.control._corpus_seq_tag(corpus_idx)
 
     def init_seq_order(
         self,
@@ -94,37 +97,15 @@ class MetaDataset(Dataset):
         seq_list: Optional[Sequence[str]] = None,
         seq_order: Optional[Sequence[int]] = None,
     ) -> bool:
+        """The control dataset's order (its seq_ordering, partition_epoch and filters)."""
         self.check_tags()
-        epoch = epoch or 1
-        self.epoch = epoch
-        control_index = self._index_of(self.control_name)
-        if seq_list is None and seq_order is None and self.seq_list is not None:
-            seq_list = self.seq_list
-            order = [control_index[t] for t in seq_list]
-            tags = self.control.get_all_tags()
-            # the control dataset orders the listed sequences (sorting, shuffling) as it would its own
-            self.control.init_seq_order(epoch, seq_order=self._control_ordered(order))
-            positions = {t: i for i, t in enumerate(self.seq_list)}
-            self._epoch_order = [positions[tags[self.control.corpus_index(i)]] for i in range(self.control.num_seqs)]
-            return True
+        self.epoch = epoch or 1
         if seq_order is not None:
-            self._epoch_order = list(seq_order)
+            self._epoch_order = [int(i) for i in seq_order]
             return True
-        self.control.init_seq_order(epoch, seq_list=seq_list)
+        self.control.init_seq_order(self.epoch, seq_list=seq_list)
         self._epoch_order = [self.control.corpus_index(i) for i in range(self.control.num_seqs)]
         return True
-
-    def _control_ordered(self, corpus_indices: List[int]) -> List[int]:
-        from .seq_order import compute_seq_order
-
-        lengths = self.control._corpus_length_for_sorting if self.control.knows_seq_lengths() else None
-        picked = compute_seq_order(
-            len(corpus_indices),
-            self.control.seq_ordering,
-            seed=self.control.random_seed_for_epoch(self.epoch),
-            get_seq_len=(lambda i: lengths(corpus_indices[i])) if lengths else None,
-        )
-        return [corpus_indices[i] for i in picked]
 
     def _sub_index(self, name: str, corpus_idx: int) -> int:
         return self._index_of(name)[self._corpus_seq_tag(corpus_idx)]

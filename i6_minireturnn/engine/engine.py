@@ -329,7 +329,9 @@ class Engine:
         with self._autocast():
             self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
         total_loss = run_ctx.total_loss()
-        if not self._stop_on_nonfinite and not bool(torch.isfinite(total_loss.detach())):  # syncs; only in this opt-in mode
+        if not self._stop_on_nonfinite and not bool(
+            torch.isfinite(total_loss.detach())
+        ):  # syncs; only in this opt-in mode
             self._updater.discard_gradients()
         else:
             self._updater.step(total_loss, step_idx)
