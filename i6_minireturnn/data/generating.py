@@ -16,12 +16,19 @@ class GeneratingDataset(Dataset):
     def __init__(self, *, num_seqs: int, **kwargs):
         super().__init__(**kwargs)
         self._num_seqs = int(num_seqs)
+        self._lengths_cache: Dict[int, Dict[str, int]] = {}
+        self._lengths_epoch: Optional[int] = None
 
     def _corpus_size(self) -> int:
         return self._num_seqs
 
     def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
-        return {k: int(v.shape[0]) for k, v in self._load_seq(corpus_idx).items()}
+        # generated once per epoch for the lengths, then remembered (some tasks grow with the epoch)
+        if self._lengths_epoch != self.epoch:
+            self._lengths_cache, self._lengths_epoch = {}, self.epoch
+        if corpus_idx not in self._lengths_cache:
+            self._lengths_cache[corpus_idx] = {k: int(v.shape[0]) for k, v in self._load_seq(corpus_idx).items()}
+        return self._lengths_cache[corpus_idx]
 
 
 class DummyDataset(GeneratingDataset):
@@ -97,7 +104,6 @@ class SyntheticSpeechDataset(GeneratingDataset):
             "data": DataKey("data", feature_dim, "float32", shape=(feature_dim,)),
             "classes": DataKey("classes", num_classes, "int32", sparse=True),
         }
-        self._lengths_cache: Dict[int, Dict[str, int]] = {}
 
     def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         rng = np.random.RandomState((self.seed * 1_000_003 + corpus_idx) % 2**32)
@@ -107,11 +113,6 @@ class SyntheticSpeechDataset(GeneratingDataset):
         frames = np.repeat(self.prototypes[labels], repeats, axis=0)
         frames = frames + self.noise * rng.normal(size=frames.shape)
         return {"data": frames.astype("float32"), "classes": labels.astype("int32")}
-
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
-        if corpus_idx not in self._lengths_cache:
-            self._lengths_cache[corpus_idx] = super()._corpus_seq_lengths(corpus_idx)
-        return self._lengths_cache[corpus_idx]
 
 
 def _rng(seed: int, corpus_idx: int, epoch: int = 0) -> np.random.RandomState:
