@@ -27,8 +27,11 @@ import shutil
 import subprocess
 import sys
 
-# `jobs` and `i6_minireturnn` import from recipes: the repository root is on the path.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Recipes import `jobs` (and the jobs `i6_minireturnn`) from the repository root, so the root goes on the path.
+# `__file__` cannot name it: Sisyphus exec()s this file inside its own `sisyphus.global_settings` module, where
+# `__file__` is Sisyphus' file. Sisyphus reads `settings.py` from the working directory and every `sis` command
+# (manager, console, and the workers it starts) runs from the setup's root, so the working directory is the root.
+sys.path.insert(0, os.getcwd())
 
 WAIT_PERIOD_JOB_FS_SYNC = 1  # local file system: no need to wait for other nodes to see files
 WAIT_PERIOD_BETWEEN_CHECKS = 2

@@ -56,7 +56,11 @@ class MiniReturnnTrainingJob(Job):
         :param device: "gpu" or "cpu" (not hashed)
         :param num_epochs: epochs to train (not hashed: raising it continues the training)
         :param save_interval: store a checkpoint every n epochs (and the last one)
-        :param keep_epochs: epochs never deleted by the cleanup; None keeps every stored epoch
+        :param keep_epochs: None keeps every stored epoch. A list turns the cleanup on: after each epoch, stored
+            epochs are deleted except the listed ones, the 2 newest, the 4 best by each score in the learning_rates
+            file (e.g. ``dev_loss_ctc``) and the final epoch; ``out_checkpoints`` holds the listed and the final
+            epoch. The other cleanup options (``keep_last_n``, ``keep_best_n``) can be set in the post_config's
+            ``cleanup_old_models`` dict.
         :param time_rqmt: hours per run
         :param mem_rqmt: GB of memory per process
         :param cpu_rqmt: CPU cores per process (also OMP_NUM_THREADS / MKL_NUM_THREADS)
@@ -128,8 +132,16 @@ class MiniReturnnTrainingJob(Job):
             **copy.deepcopy(config.post_config or {}),
         }
         if keep_epochs is not None:
-            # keep the listed epochs and the newest; nothing else (the runtime never deletes the newest)
-            post_config["cleanup_old_models"] = {"keep": keep_epochs, "keep_last_n": 1, "keep_best_n": 0}
+            # As i6_core: the listed epochs in addition to the runtime's default cleanup (the 2 newest and the 4 best
+            # per dev score), so that best-epoch selection downstream always finds its file. A post_config
+            # `cleanup_old_models` dict sets the other cleanup options.
+            cleanup = post_config.get("cleanup_old_models", True)
+            if cleanup is False:
+                raise ValueError("keep_epochs needs the cleanup: post_config sets cleanup_old_models = False")
+            cleanup = dict(cleanup) if isinstance(cleanup, dict) else {}
+            if "keep" in cleanup:
+                raise ValueError("give either keep_epochs or post_config cleanup_old_models['keep'], not both")
+            post_config["cleanup_old_models"] = {**cleanup, "keep": keep_epochs}
         config.post_config = post_config
         return config
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -9,40 +10,49 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
-
-pytest.importorskip("sisyphus", reason="Sisyphus not installed")
-pytest.importorskip("i6_core", reason="i6_core not installed")
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[2]
+_NOT_COPIED = {".git", "work", "output", "alias", "demo_output", "__pycache__", ".pytest_cache", "i6_core"}
 
 
-def _setup(tmp_path: Path) -> Path:
+def _user_setup(tmp_path: Path) -> Path:
+    """A copy of the repository root as a user has it: unmodified settings.py, i6_core cloned as recipe/i6_core
+    (here a link to the i6_core this test environment has), an empty work folder."""
     folder = tmp_path / "setup"
-    shutil.copytree(REPO / "recipe", folder / "recipe")
-    settings = (
-        (REPO / "settings.py")
-        .read_text()
-        .replace("sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))", f"sys.path.insert(0, {str(REPO)!r})")
+    shutil.copytree(
+        REPO, folder, ignore=lambda d, names: [n for n in names if n in _NOT_COPIED or n.startswith(".venv")]
     )
-    (folder / "settings.py").write_text(settings)
+    i6_core = importlib.util.find_spec("i6_core").submodule_search_locations[0]
+    (folder / "recipe" / "i6_core").symlink_to(Path(i6_core).resolve(), target_is_directory=True)
     (folder / "work").mkdir()
     return folder
 
 
-def _sis(folder: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [sys.executable, "-m", "sisyphus", "manager", "-r", "recipe/demo.py"],
-        cwd=folder, capture_output=True, text=True, timeout=timeout, env=env,
+def _sis_manager(folder: Path, recipe: str, timeout: int = 600, answer: Optional[str] = None) -> str:
+    """`sis manager -r RECIPE` as the README says: the console script of this environment, from the setup's root,
+    no PYTHONPATH help, no input (or the `answer` a user types at Sisyphus' prompt). Returns the manager's output
+    (its exit status is 0 even when jobs fail)."""
+    sis = Path(sys.executable).parent / "sis"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(sis if sis.exists() else shutil.which("sis")), "manager", "-r", recipe],
+        cwd=folder, input=answer, stdin=None if answer else subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=timeout, env=env,
     )  # fmt: skip
+    return done.stdout + done.stderr
+
+
+def _failed_jobs(folder: Path) -> list:
+    """Job folders with an error marker: Sisyphus writes `error.<task>.<n>` where a task failed."""
+    return sorted({str(p.parent.relative_to(folder / "work")) for p in (folder / "work").rglob("error.*")})
 
 
 def test_demo_pipeline_runs_to_the_end_and_a_rerun_starts_nothing(tmp_path):
-    folder = _setup(tmp_path)
-    first = _sis(folder)
-    assert "All output calculated" in first.stderr + first.stdout, first.stderr[-3000:]
+    folder = _user_setup(tmp_path)
+    first = _sis_manager(folder, "recipe/demo.py")
+    assert not _failed_jobs(folder), first[-3000:]
+    assert "All output calculated" in first and "Traceback" not in first, first[-3000:]
     for name in ("dev.hdf", "dev_log_probs.hdf", "learning_rates", "score_and_error.png"):
         assert (folder / "output" / "demo" / name).exists(), name
     from i6_minireturnn.data.hdf import HDFDataset
@@ -50,8 +60,30 @@ def test_demo_pipeline_runs_to_the_end_and_a_rerun_starts_nothing(tmp_path):
     dumped = HDFDataset(files=[str(folder / "output/demo/dev_log_probs.hdf")], use_cache_manager=False)
     dumped.init_seq_order(1)
     assert dumped.num_seqs == 100 and dumped.get_data_dim("data") == 11
-    second = _sis(folder, timeout=120)
-    assert "Submit to queue" not in second.stderr + second.stdout
+    # With everything done Sisyphus asks what to do (at a terminal, too): the user cancels.
+    second = _sis_manager(folder, "recipe/demo.py", timeout=120, answer="c\n")
+    assert "All calculations are done" in second and "Submit to queue" not in second and "Traceback" not in second
+
+
+def test_a_failing_job_is_visible_in_the_job_folder_and_the_manager_log(tmp_path):
+    folder = _user_setup(tmp_path)
+    (folder / "recipe" / "broken.py").write_text(
+        "from i6_core.returnn.config import ReturnnConfig\n"
+        "from sisyphus import tk\n\n"
+        "from jobs import MiniReturnnTrainingJob\n\n\n"
+        "def py():\n"
+        "    config = ReturnnConfig({'train': {'class': 'DummyDataset', 'input_dim': 2, 'output_dim': 3,\n"
+        "                                      'num_seqs': 4}, 'learning_rat': 0.1})\n"
+        "    job = MiniReturnnTrainingJob(config, num_epochs=1, device='cpu', cpu_rqmt=1, mem_rqmt=1, time_rqmt=1)\n"
+        "    tk.register_output('broken/learning_rates', job.out_learning_rates)\n"
+    )
+    output = _sis_manager(folder, "recipe/broken.py", timeout=300)
+    failed = _failed_jobs(folder)
+    assert len(failed) == 1 and failed[0].startswith("jobs/training/MiniReturnnTrainingJob."), failed
+    assert "error" in output.lower() and "All output calculated" not in output
+    log = (folder / "work" / failed[0] / "log.run.1").read_text()
+    assert "learning_rat" in log and "learning_rate" in log  # the typo and the key it was meant to be
+    assert not (folder / "output" / "broken" / "learning_rates").exists()
 
 
 def test_killed_training_resumes_and_finishes(tmp_path, monkeypatch):

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from sisyphus.hash import short_hash
 
-pytest.importorskip("sisyphus", reason="Sisyphus not installed")
-pytest.importorskip("i6_core", reason="i6_core not installed")
-
-from sisyphus.hash import short_hash  # noqa: E402
-
-from jobs import serialization as s  # noqa: E402
+from jobs import serialization as s
 
 PATH = "i6_minireturnn.data.generating.DummyDataset"
 

@@ -8,14 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from i6_core.returnn.config import ReturnnConfig
 
-pytest.importorskip("sisyphus", reason="Sisyphus not installed")
-pytest.importorskip("i6_core", reason="i6_core not installed")
-
-from i6_core.returnn.config import ReturnnConfig  # noqa: E402
-
-from jobs import MiniReturnnTrainingJob  # noqa: E402
-from jobs.serialization import Collection, Network  # noqa: E402
+from jobs import MiniReturnnTrainingJob
+from jobs.serialization import Collection, Network
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "tests.runtime.user_setup.epoch_aware_model"
@@ -160,3 +156,69 @@ def test_update_rqmt_raises_time_and_memory():
 
     assert update_rqmt({"time": 4, "mem": 8, "cpu": 2}, {}) == {"time": 6.0, "mem": 10.0, "cpu": 2}
     assert update_rqmt({"time": 150, "mem": 8}, {})["time"] == 168.0
+
+
+def _run_job_tasks(job, *task_names):
+    """Runs a job's tasks as Sisyphus does: folders set up by Sisyphus itself, each task run in the job's work folder
+    (the caller points WORK_DIR into its tmp_path)."""
+    job._sis_setup_directory()
+    cwd = os.getcwd()
+    os.chdir(job._sis_path("work"))
+    try:
+        for name in task_names:
+            getattr(job, name)()
+    finally:
+        os.chdir(cwd)
+
+
+def test_keep_epochs_keeps_the_best_epoch_for_get_best_checkpoint(tmp_path, monkeypatch):
+    from i6_core.returnn.training import GetBestPtCheckpointJob
+    from sisyphus import global_settings
+
+    from i6_minireturnn.engine.learning_rate_control import read_learning_rate_file
+
+    monkeypatch.setattr(global_settings, "WORK_DIR", str(tmp_path / "work"))
+    # Adam at a sane rate for two epochs, then at a far too high one: the dev score is best early and then worse.
+    code = (
+        "import torch\n"
+        "def get_model(epoch, step, **kwargs):\n    return torch.nn.Linear(2, 3)\n"
+        "def train_step(*, model, data, run_ctx, **kwargs):\n"
+        "    logits = model(data['data'])\n"
+        "    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data['classes'].flatten().long())\n"
+        "    run_ctx.mark_as_loss(ce, 'ce')\n"
+    )
+    dummy = {"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "seq_len": 5}
+    config = ReturnnConfig(
+        config={
+            "train": {**dummy, "num_seqs": 40},
+            "dev": {**dummy, "num_seqs": 8},
+            "batch_size": 50,
+            "optimizer": {"class": "adam"},
+            "learning_rates": [0.05, 0.05, 5.0],
+        },
+        python_epilog=[code],
+    )
+    train = MiniReturnnTrainingJob(config, num_epochs=8, keep_epochs=[4, 8], device="cpu")
+    _run_job_tasks(train, "create_files", "run")
+    scores = {
+        e: d.error["dev_loss_ce"] for e, d in read_learning_rate_file(train.out_learning_rates.get_path()).items()
+    }
+    best = min(scores, key=scores.get)
+    assert best not in (4, 7, 8), scores  # the best epoch is neither listed nor among the newest
+    stored = sorted(
+        int(p.name[6:9]) for p in Path(train.out_model_dir.get_path()).glob("epoch.*.pt") if ".opt" not in p.name
+    )
+    assert best in stored and 4 in stored and 8 in stored and len(stored) < 8, stored
+    assert sorted(train.out_checkpoints) == [4, 8]
+
+    get_best = GetBestPtCheckpointJob(train.out_model_dir, train.out_learning_rates, key="dev_loss_ce", index=0)
+    _run_job_tasks(get_best, "run")
+    assert get_best.out_epoch.get() == best
+    import torch
+
+    assert torch.load(get_best.out_checkpoint.path.get_path(), weights_only=False)["epoch"] == best
+
+
+def test_keep_epochs_with_a_cleanup_turned_off_is_refused():
+    with pytest.raises(ValueError, match="cleanup_old_models = False"):
+        MiniReturnnTrainingJob(make_config(post_config={"cleanup_old_models": False}), num_epochs=2, keep_epochs=[1])
