@@ -65,6 +65,30 @@ def test_demo_pipeline_runs_to_the_end_and_a_rerun_starts_nothing(tmp_path):
     assert "All calculations are done" in second and "Submit to queue" not in second and "Traceback" not in second
 
 
+def test_jobs_import_in_a_separate_setup_after_pip_install(tmp_path):
+    # A user's own Sisyphus setup elsewhere: its own settings.py and recipe folder; `jobs` comes from the installed
+    # package (pip install -e of this repository), not from the working directory.
+    folder = tmp_path / "my_setup"
+    (folder / "recipe" / "my_exp").mkdir(parents=True)
+    (folder / "work").mkdir()
+    i6_core = importlib.util.find_spec("i6_core").submodule_search_locations[0]
+    (folder / "recipe" / "i6_core").symlink_to(Path(i6_core).resolve(), target_is_directory=True)
+    (folder / "settings.py").write_text(
+        "WAIT_PERIOD_JOB_FS_SYNC = 1\nWAIT_PERIOD_BETWEEN_CHECKS = 1\nWAIT_PERIOD_MTIME_OF_INPUTS = 1\n\n\n"
+        "def engine():\n    from sisyphus.localengine import LocalEngine\n\n    return LocalEngine(cpu=2)\n"
+    )
+    (folder / "recipe" / "my_exp" / "__init__.py").write_text("")
+    (folder / "recipe" / "my_exp" / "data.py").write_text(
+        "from sisyphus import tk\n\nfrom jobs import HdfDumpJob\n\n\n"
+        "def py():\n"
+        "    data = {'class': 'SyntheticSpeechDataset', 'num_seqs': 5, 'feature_dim': 4, 'num_classes': 3}\n"
+        "    tk.register_output('toy.hdf', HdfDumpJob(data, cpu_rqmt=1, mem_rqmt=1, time_rqmt=1).out_hdf)\n"
+    )
+    output = _sis_manager(folder, "recipe/my_exp/data.py", timeout=300)
+    assert not _failed_jobs(folder) and "All output calculated" in output, output[-3000:]
+    assert (folder / "output" / "toy.hdf").stat().st_size > 0
+
+
 def test_a_failing_job_is_visible_in_the_job_folder_and_the_manager_log(tmp_path):
     folder = _user_setup(tmp_path)
     (folder / "recipe" / "broken.py").write_text(
