@@ -11,12 +11,13 @@ from typing import List, Optional, Sequence, Tuple
 
 from . import __version__, compat
 from .config import Config, set_global_config
+from .config_keys import check_unsupported_keys
 from .errors import ConfigError, UserError
 from .log import log
 
 USAGE = """usage: python -m i6_minireturnn CONFIG [CONFIG ...] [++key value | --key value ...]
 
-Runs a RETURNN / Mini-RETURNN style config (task train, eval or forward).
+Runs a RETURNN / Mini-RETURNN style config (task train, eval, forward or compute_priors).
 Values given on the command line are parsed as Python literals where possible and override the config files."""
 
 
@@ -75,7 +76,7 @@ def create_engine(config: Config):
 
 
 def execute_task(config: Config, engine) -> None:
-    """Runs ``task`` (train | eval | forward | initialize_model | nop)."""
+    """Runs ``task`` (train | eval | forward | compute_priors | initialize_model | nop)."""
     task = config.value("task", "train")
     if task == "train":
         engine.init_train()
@@ -88,15 +89,19 @@ def execute_task(config: Config, engine) -> None:
             config.set("load_epoch", config.int("epoch"))
         engine.init_forward()
         engine.forward()
+    elif task == "compute_priors":
+        # RETURNN's task, as i6_core's ReturnnComputePriorJobV2 runs it (Mini-RETURNN dropped it)
+        engine.init_compute_priors()
+        engine.compute_priors()
     elif task == "initialize_model":
         engine.init_train()
         engine.save_model()
     elif task == "nop":
         print("Task: no operation", file=log.v2)
-    elif task in ("search", "compute_priors"):
+    elif task == "search":
         raise ConfigError(f"Task {task!r} does not exist in Mini-RETURNN: use task 'forward' with a forward_step")
     else:
-        raise ConfigError(f"Unknown task {task!r}; valid: train, eval, forward, initialize_model, nop")
+        raise ConfigError(f"Unknown task {task!r}; valid: train, eval, forward, compute_priors, initialize_model, nop")
 
 
 def run(argv: Sequence[str]) -> None:
@@ -111,6 +116,7 @@ def run(argv: Sequence[str]) -> None:
 
     print_greeting(config, argv, resolve_device(config))
     config.check_misspelt_keys()
+    check_unsupported_keys(config)
     start = time.monotonic()
     execute_task(config, create_engine(config))
     unread = config.unread_keys()

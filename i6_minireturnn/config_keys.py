@@ -1,11 +1,24 @@
-"""The config keys the runtime and Mini-RETURNN configs use, so that a misspelt key is caught, not ignored."""
+"""The config keys the runtime and Mini-RETURNN configs use, so that a misspelt key is caught, not ignored.
+
+Also the keys whose RETURNN meaning this runtime does not have (TensorFlow, Horovod, mainline's DDP): a config
+that sets them stops with the key named instead of running something other than what it asks for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 KNOWN_CONFIG_KEYS = frozenset("""
-    task device train dev eval_datasets forward eval search_data
+    task device train dev eval_datasets forward forward_data eval search_data
     batch_size max_seqs max_seq_length min_seq_length chunking_options batch_drop_last
     num_workers_per_gpu data_worker_type
     num_epochs start_epoch save_interval model load load_epoch import_model_train_epoch1 preload_from_files
-    load_ignore_missing_vars allow_missing_optimizer_checkpoint cleanup_old_models
+    load_ignore_missing_vars allow_missing_optimizer_checkpoint allow_random_model_init cleanup_old_models
     optimizer learning_rate learning_rates learning_rate_control learning_rate_file min_learning_rate
     learning_rate_control_error_measure learning_rate_control_min_num_epochs_per_new_lr
     learning_rate_control_relative_error_relative_lr relative_error_div_by_old newbob_relative_error_div_by_old
@@ -17,4 +30,36 @@ KNOWN_CONFIG_KEYS = frozenset("""
     get_model train_step forward_step forward_init_hook forward_finish_hook CustomEngine
     random_seed log log_verbosity log_step_interval log_progress_interval check_unused_config_keys
     use_cache_manager use_tensorflow backend target extern_data num_inputs num_outputs
+    output_file use_horovod torch_distributed tf_log_dir forward_override_hdf_output
     """.split())
+# Of these, i6_core's jobs write some that mean nothing for a PyTorch runtime and are accepted as Mini-RETURNN
+# accepts them: `target` (TF's default loss target), `tf_log_dir` (TensorBoard folder of TF),
+# `forward_override_hdf_output` (TF's forward_to_hdf); `output_file` is read by task compute_priors.
+
+_SUPPORTED_BACKENDS = ("torch",)
+
+
+def check_unsupported_keys(config: Config) -> None:
+    """Raises for keys that ask for something this runtime does not do (rather than silently doing less)."""
+    backend = config.value("backend", None)
+    if backend is not None and backend not in _SUPPORTED_BACKENDS:
+        raise ConfigError(
+            f"backend = {backend!r} in {config.where()}: this runtime runs PyTorch (Mini-RETURNN) configs only; "
+            "set backend = 'torch' (i6_core's ReturnnTrainingJob needs it set)"
+        )
+    if config.bool("use_tensorflow", False):
+        raise ConfigError(
+            f"use_tensorflow = True in {config.where()}: this runtime runs PyTorch (Mini-RETURNN) configs only"
+        )
+    if config.bool("use_horovod", False):
+        # i6_core's ReturnnTrainingJob sets it for horovod_num_processes (mpirun or torchrun): every process would
+        # train the whole model on its own and write the same checkpoint files.
+        raise ConfigError(
+            f"use_horovod = True in {config.where()}: multi-process training is not supported by this runtime "
+            "(Mini-RETURNN trains in one process); leave ReturnnTrainingJob's horovod_num_processes unset"
+        )
+    if config.typed_value("torch_distributed", None) is not None:
+        raise ConfigError(
+            f"torch_distributed in {config.where()}: RETURNN mainline's distributed training is not supported by "
+            "this runtime (Mini-RETURNN trains in one process); remove the key"
+        )

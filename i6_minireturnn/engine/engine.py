@@ -24,7 +24,7 @@ from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..log import log
-from . import checkpoints
+from . import checkpoints, priors
 from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
 from .loss_tracker import LossTracker, Stopwatch
 from .run_ctx import (
@@ -440,44 +440,78 @@ class Engine:
 
     def init_forward(self, forward_data: Optional[Dataset] = None) -> None:
         """Task forward: the ``forward`` dataset (or ``forward_data``), checkpoint and ``forward_step``."""
-        if forward_data is None:
-            key = "forward" if self.config.has("forward") else "forward_data"
-            if not self.config.has(key):
-                raise ConfigError(f"Task forward needs the dataset 'forward' in {self.config.where()}")
-            forward_data = self._dataset(key)
-        self.forward_dataset = forward_data
+        self.forward_dataset = forward_data or self._forward_dataset()
         self._forward_step_func = self._config_function("forward_step", "the forward step")
         self._load_model_for_inference()
 
+    def _forward_dataset(self) -> Dataset:
+        """``forward`` (Mini-RETURNN), else ``forward_data``: a dataset dict, or as in RETURNN the name of another
+        dataset key (``forward_data = "dev"``)."""
+        if self.config.has("forward"):
+            return self._dataset("forward")
+        if not self.config.has("forward_data"):
+            raise ConfigError(f"Task forward needs the dataset 'forward' (or 'forward_data') in {self.config.where()}")
+        opts = self.config.typed_value("forward_data")
+        if not isinstance(opts, str):
+            return self._dataset("forward_data", opts)
+        named = self.config.typed_value(opts, None) if opts != "forward_data" else None
+        if not isinstance(named, dict):
+            raise ConfigError(
+                f"forward_data = {opts!r} in {self.config.where()} names no dataset: set it to a dataset dict "
+                "or to the name of a config key holding one (e.g. 'dev')"
+            )
+        return self._dataset(opts, named)
+
     def _load_model_for_inference(self) -> None:
-        """Loads ``load``, or epoch ``load_epoch`` of ``model``, or the newest stored epoch of ``model``."""
-        if self.config.has("load"):
-            path = checkpoints.checkpoint_file(self.config.value("load"))
-        elif self.model_filename and self.config.has("load_epoch"):
-            path = checkpoints.checkpoint_file(
+        """Loads ``load``, or epoch ``load_epoch`` of ``model``, or the newest stored epoch of ``model``; with none
+        of them and ``allow_random_model_init`` (i6_core's forward job without a checkpoint), a fresh model."""
+        path = self._inference_checkpoint()
+        if path is None:
+            print("No checkpoint given: allow_random_model_init, the model keeps its initial parameters", file=log.v2)
+            self._load_model(epoch=1, state=None)
+        else:
+            print(f"Loading checkpoint {path}", file=log.v3)
+            state = checkpoints.load_model_checkpoint(path)
+            self._load_model(epoch=int(state.get("epoch") or 1), state=state)
+        self._start_epoch = self._final_epoch = self.epoch
+
+    def _inference_checkpoint(self) -> Optional[str]:
+        """The checkpoint file to load, or None where ``allow_random_model_init`` permits a fresh model."""
+        if self.config.value("load", ""):
+            return checkpoints.checkpoint_file(self.config.value("load"))
+        if self.model_filename and self.config.has("load_epoch"):
+            return checkpoints.checkpoint_file(
                 checkpoints.model_path(self.model_filename, self.config.int("load_epoch"))
             )
-        elif self.model_filename and checkpoints.existing_epochs(self.model_filename):
-            path = list(checkpoints.existing_epochs(self.model_filename).values())[-1]
-        else:
-            raise ConfigError(f"No model to load: set 'load' (a checkpoint file) or 'model' in {self.config.where()}")
-        print(f"Loading checkpoint {path}", file=log.v3)
-        state = checkpoints.load_model_checkpoint(path)
-        self._load_model(epoch=int(state.get("epoch") or 1), state=state)
-        self._start_epoch = self._final_epoch = self.epoch
+        if self.model_filename and checkpoints.existing_epochs(self.model_filename):
+            return list(checkpoints.existing_epochs(self.model_filename).values())[-1]
+        if self.config.bool("allow_random_model_init", False):
+            return None
+        raise ConfigError(
+            f"No model to load: set 'load' (a checkpoint file) or 'model' in {self.config.where()} "
+            "(or allow_random_model_init = True to run a freshly initialised model)"
+        )
 
     def forward(self) -> None:
         """Runs ``forward_step`` over the forward dataset, between ``forward_init_hook`` and ``forward_finish_hook``."""
+        self._forward_loop(self.forward_dataset, self.epoch)
+
+    def _forward_loop(
+        self, dataset: Dataset, data_epoch: int, prepare: Optional[Callable[[RunCtx], None]] = None
+    ) -> RunCtx:
+        """The hooks and ``forward_step`` over one epoch of `dataset`; returns the run context they used."""
         self._model.eval()
         run_ctx = init_forward_step_run_ctx(
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
+        if prepare is not None:
+            prepare(run_ctx)
         init_hook = self.config.typed_value("forward_init_hook")
         finish_hook = self.config.typed_value("forward_finish_hook")
         if init_hook is not None:
             init_hook(run_ctx, **_with_unknown_kwarg())
         watch, num_steps = Stopwatch(), 0
-        batches = EpochBatches(self.forward_dataset, self.epoch, self._pipeline)
+        batches = EpochBatches(dataset, data_epoch, self._pipeline)
         with torch.no_grad():
             for data in batches:
                 run_ctx.init_step(self._train_step)
@@ -491,6 +525,32 @@ class Engine:
             finish_hook(run_ctx, **_with_unknown_kwarg())
         reset_run_ctx()
         print(f"Finished forwarding {num_steps} batches in {watch.elapsed():.1f}s", file=log.v3)
+        return run_ctx
+
+    # ---- priors --------------------------------------------------------------------------------------------------
+
+    def init_compute_priors(self) -> None:
+        """Task compute_priors (RETURNN's): the ``train`` dataset, checkpoint, ``forward_step`` and ``output_file``."""
+        if not self.config.has("train"):
+            raise ConfigError(
+                f"Task compute_priors needs the dataset 'train' (ReturnnComputePriorJobV2's prior_data) in "
+                f"{self.config.where()}"
+            )
+        if not self.config.value("output_file", ""):
+            raise ConfigError(
+                f"Task compute_priors needs 'output_file' (where the prior goes) in {self.config.where()}"
+            )
+        self.forward_dataset = self._dataset("train")
+        self._forward_step_func = self._config_function("forward_step", "sums the posteriors for the prior")
+        self._load_model_for_inference()
+
+    def compute_priors(self) -> None:
+        """One epoch of ``train`` (epoch 1, as RETURNN) through ``forward_step``; the prior goes to ``output_file``."""
+        output_file = self.config.value("output_file")
+        print(f"Computing the prior over dataset 'train', writing to {output_file}", file=log.v3)
+        stamp = priors.file_stamp(output_file)  # a file already there (a rerun) is replaced, as a whole
+        run_ctx = self._forward_loop(self.forward_dataset, 1, prepare=priors.init_prior_sums)
+        priors.finish_priors(run_ctx, output_file, stamp)
 
     def run_forward_step(self, data: Dict[str, Any], run_ctx: RunCtx) -> None:
         """Runs ``forward_step`` on one batch."""
