@@ -45,3 +45,31 @@ def forward_step(*, model, data, run_ctx, **kwargs):
 
 def forward_finish_hook(run_ctx, **kwargs):
     run_ctx.writer.close()
+
+
+def prior_step(*, model, data, run_ctx, **kwargs):
+    """For task compute_priors (i6_core's ReturnnComputePriorJobV2): the posteriors summed over the real frames."""
+    lengths = data["data:size1"]
+    probs = model(data["data"], lengths).exp()
+    mask = torch.arange(probs.shape[1], device=probs.device)[None, :] < lengths.to(probs.device)[:, None]
+    summed = (probs * mask[:, :, None]).sum(dim=(0, 1))
+    run_ctx.sum_probs = summed if run_ctx.sum_probs is None else run_ctx.sum_probs + summed
+    run_ctx.sum_frames = run_ctx.sum_frames + lengths.sum()
+
+
+def export(*, model, f, **kwargs):
+    """For tools/torch_export_to_onnx.py (i6_core's TorchOnnxExportJob): features and lengths in, log-probs out."""
+    features = torch.randn(1, 50, model.lstm.input_size)
+    lengths = torch.tensor([50])
+    torch.onnx.export(
+        model,
+        (features, lengths),
+        f,
+        input_names=["data", "data:size1"],
+        output_names=["log_probs"],
+        dynamic_axes={
+            "data": {0: "batch", 1: "time"},
+            "data:size1": {0: "batch"},
+            "log_probs": {0: "batch", 1: "time"},
+        },
+    )

@@ -72,7 +72,12 @@ class OggZipDataset(Dataset):
             with zipfile.ZipFile(zip_path) as archive:
                 members = set(archive.namelist())
                 if f"{name}.txt" not in members:
-                    raise DataError(f"OggZip {zip_path!r} has no metadata file {name + '.txt'!r}")
+                    # The archive was renamed or is reached through a link of another name (Sisyphus' output/
+                    # links): its one top-level metadata file names it.
+                    top_level = [m[: -len(".txt")] for m in members if m.endswith(".txt") and "/" not in m]
+                    if len(top_level) != 1:
+                        raise DataError(f"OggZip {zip_path!r} has no metadata file {name + '.txt'!r}")
+                    name = top_level[0]
                 raw = archive.read(f"{name}.txt")
         except zipfile.BadZipFile as exc:
             raise DataError(f"OggZip {zip_path!r} is not a readable zip file: {exc}") from None

@@ -65,6 +65,99 @@ def test_demo_pipeline_runs_to_the_end_and_a_rerun_starts_nothing(tmp_path):
     assert "All calculations are done" in second and "Submit to queue" not in second and "Traceback" not in second
 
 
+def _learning_rates(path: Path) -> dict:
+    from i6_minireturnn.engine.learning_rate_control import read_learning_rate_file
+
+    return {epoch: data.error for epoch, data in read_learning_rate_file(str(path)).items()}
+
+
+def _models_of(learning_rates_link: Path) -> Path:
+    """The model folder of the training job whose learning_rates file the output link points to (in the job's
+    output or work folder)."""
+    return Path(os.readlink(learning_rates_link)).parent.parent / "output" / "models"
+
+
+def _model_state(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, weights_only=False)
+
+
+def test_i6_core_jobs_with_this_repository_as_returnn_root(tmp_path):
+    import numpy as np
+    import torch
+
+    folder = _user_setup(tmp_path)
+    output = _sis_manager(folder, "recipe/i6_core_jobs.py")
+    assert not _failed_jobs(folder), output[-3000:]
+    assert "All output calculated" in output and "Traceback" not in output, output[-3000:]
+    out = folder / "output" / "i6_core_jobs"
+
+    # BlissToOggZipJob -> OggZipDataset, ExtractDatasetMeanStddevJob over it
+    from i6_minireturnn.data.oggzip import OggZipDataset
+
+    ogg = OggZipDataset(path=str(out / "corpus.ogg.zip"), audio={"features": "raw"}, use_cache_manager=False)
+    ogg.init_seq_order(1)
+    assert ogg.num_seqs >= 6 and all(ogg.get_seq_tag(i).startswith("toy/rec") for i in range(ogg.num_seqs))
+    mean, std = np.loadtxt(out / "feature_mean"), np.loadtxt(out / "feature_std_dev")
+    assert mean.shape == std.shape == (20,) and np.isfinite(mean).all() and (std > 0).all()
+
+    # ReturnnTrainingJob: learning_rates with dev scores that fall; averaged epochs 2 and 3
+    scores = _learning_rates(out / "learning_rates")
+    assert sorted(scores) == [1, 2, 3] and scores[3]["dev_loss_ctc"] < scores[1]["dev_loss_ctc"]
+    models = _models_of(out / "learning_rates")
+    epochs = [_model_state(models / f"epoch.00{e}.pt")["model"] for e in (2, 3)]
+    average = _model_state(out / "average.pt")
+    assert average["epoch"] == 3
+    for name, value in average["model"].items():
+        torch.testing.assert_close(value, (epochs[0][name] + epochs[1][name]) / 2)
+
+    # ReturnnForwardJobV2 (best epoch), ReturnnComputePriorJobV2 (averaged model)
+    from i6_minireturnn.data.hdf import HDFDataset
+
+    log_probs = HDFDataset(files=[str(out / "dev_log_probs.hdf")], use_cache_manager=False)
+    log_probs.init_seq_order(1)
+    assert log_probs.num_seqs == 50 and log_probs.get_data_dim("data") == 11
+    prior = np.loadtxt(out / "prior.txt")
+    assert prior.shape == (11,) and abs(np.exp(prior).sum() - 1) < 1e-4
+    assert 'size="11"' in (out / "prior.xml").read_text()
+
+    # TorchOnnxExportJob: the exported averaged model computes what the torch model computes
+    from i6_minireturnn import compat
+
+    compat.install()  # the model file imports returnn.* names, as inside the runtime
+    try:
+        spec = importlib.util.spec_from_file_location("demo_model", folder / "recipe" / "demo_model.py")
+        demo_model = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(demo_model)
+    finally:
+        compat.uninstall()
+    model = demo_model.CtcModel(feature_dim=16, num_labels=10).eval()
+    model.load_state_dict(average["model"])
+    features, lengths = torch.randn(3, 40, 16), torch.tensor([40, 25, 9])
+    onnx_file = out / "model.onnx"
+    if importlib.util.find_spec("onnxruntime") is not None:  # the onnx extra; CI installs it
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(onnx_file))
+        (exported,) = session.run(None, {"data": features.numpy(), "data:size1": lengths.numpy()})
+        with torch.no_grad():
+            expected = model(features, lengths).numpy()
+        for i, length in enumerate(lengths.tolist()):
+            np.testing.assert_allclose(exported[i, :length], expected[i, :length], atol=1e-4)
+    else:
+        assert onnx_file.stat().st_size > 1000
+
+    # GetBestPtCheckpointJob and AverageTorchCheckpointsJob over MiniReturnnTrainingJob outputs
+    own_scores = _learning_rates(out / "own_learning_rates")
+    best_epoch = min(own_scores, key=lambda e: own_scores[e]["dev_loss_ctc"])
+    assert _model_state(out / "own_best.pt")["epoch"] == best_epoch
+    own_models = _models_of(out / "own_learning_rates")
+    own_epochs = [_model_state(own_models / f"epoch.00{e}.pt")["model"] for e in (3, 4)]
+    for name, value in _model_state(out / "own_average.pt")["model"].items():
+        torch.testing.assert_close(value, (own_epochs[0][name] + own_epochs[1][name]) / 2)
+
+
 def test_jobs_import_in_a_separate_setup_after_pip_install(tmp_path):
     # A user's own Sisyphus setup elsewhere: its own settings.py and recipe folder; `jobs` comes from the installed
     # package (pip install -e of this repository), not from the working directory.

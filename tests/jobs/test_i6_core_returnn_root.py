@@ -15,17 +15,14 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 import torch
+from i6_core.returnn.config import ReturnnConfig
+from i6_core.returnn.extract_prior import ReturnnComputePriorJobV2
+from i6_core.returnn.forward import ReturnnForwardJobV2
+from i6_core.returnn.training import GetBestPtCheckpointJob, ReturnnTrainingJob
+from sisyphus import Job, global_settings, tk
 
-pytest.importorskip("sisyphus", reason="Sisyphus not installed")
-pytest.importorskip("i6_core", reason="i6_core not installed")
-
-from i6_core.returnn.config import ReturnnConfig  # noqa: E402
-from i6_core.returnn.extract_prior import ReturnnComputePriorJobV2  # noqa: E402
-from i6_core.returnn.forward import ReturnnForwardJobV2  # noqa: E402
-from i6_core.returnn.training import GetBestPtCheckpointJob, PtCheckpoint, ReturnnTrainingJob  # noqa: E402
-from sisyphus import Job, global_settings, tk  # noqa: E402
-
-from i6_minireturnn.data.hdf import HDFDataset  # noqa: E402
+from i6_minireturnn.data.hdf import HDFDataset
+from jobs.checkpoint import PriorJobPtCheckpoint
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 10  # SyntheticSpeechDataset's default labels; the models add the CTC blank
@@ -105,12 +102,7 @@ PRIOR_HOOKS = "forward_init_hook = prior_init_hook\nforward_finish_hook = prior_
 
 
 def _returnn_config(config: Dict[str, Any], *extra_code: str) -> ReturnnConfig:
-    # black_formatting off: the job would call the `black` found on PATH, which a test run need not have
-    return ReturnnConfig(
-        config={"backend": "torch", **config},
-        python_epilog=[MODEL_CODE, *extra_code],
-        black_formatting=False,
-    )
+    return ReturnnConfig(config={"backend": "torch", **config}, python_epilog=[MODEL_CODE, *extra_code])
 
 
 def _common() -> Dict[str, Any]:
@@ -270,21 +262,13 @@ def test_forward_job_v2_dataset_name_and_random_init(sis_env, monkeypatch):
     assert len(_hdf_seqs(job.out_files["output.hdf"].get_path())) == DEV["num_seqs"]
 
 
-class _PtCheckpointForPriorJob(PtCheckpoint):
-    """ReturnnComputePriorJobV2.create_files checks ``model_checkpoint.index_path`` (TF checkpoints only)."""
-
-    @property
-    def index_path(self) -> tk.Path:
-        return self.path
-
-
 @pytest.mark.parametrize("hooks", [False, True], ids=["step_only", "with_prior_hooks"])
 def test_compute_prior_job_v2(trained, monkeypatch, hooks):
     checkpoint = trained.out_checkpoints[NUM_EPOCHS]
     # the hooks of i6 setups write prior.txt into the working directory, not to output_file: the runtime writes that
     code = [PRIOR_STEP, PRIOR_HOOKS] if hooks else [PRIOR_STEP]
     job = ReturnnComputePriorJobV2(
-        model_checkpoint=_PtCheckpointForPriorJob(checkpoint.path),
+        model_checkpoint=PriorJobPtCheckpoint(checkpoint.path),
         returnn_config=_returnn_config({"batch_size": 1000}, "\n".join(code)),
         prior_data=PRIOR_DATA,
         **_common(),

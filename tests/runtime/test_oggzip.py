@@ -146,3 +146,13 @@ def test_bad_archives_are_named(tmp_path):
     )
     (tmp_path / "fake.zip").write_text("not a zip")
     fails("fake.zip.*not a readable zip", path=str(tmp_path / "fake.zip"))
+
+
+def test_archive_reached_under_another_name_reads_its_metadata(tmp_path):
+    # Sisyphus' output/ links give the job's out.ogg.zip another name: the archive's one metadata file names it
+    link = tmp_path / "my_corpus.ogg.zip"
+    link.symlink_to(make_zip(tmp_path, name="out.ogg", formats=("wav", "flac")))
+    dataset = init_dataset({"class": "OggZipDataset", "path": str(link), "audio": {}, "use_cache_manager": False})
+    dataset.init_seq_order(1)
+    assert [dataset.get_seq_tag(i) for i in range(dataset.num_seqs)] == ["rec/0", "rec/1"]
+    assert dataset.get_seq(1)["data"].shape[0] > 0
