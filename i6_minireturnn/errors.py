@@ -19,3 +19,11 @@ class CheckpointError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (non-finite loss, a step that marks no loss, ...)."""
+
+
+class OutputPathError(UserError):
+    """An output file cannot be written where it should go: a parent is a file, or the folder is not writable."""
+
+
+class DiskFullError(UserError):
+    """Writing an output file failed because the disk or the quota is full; the message names the file."""

@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..engine.checkpoints import MODEL_SUFFIX, load_model_checkpoint, save_torch_atomic
+from ..atomic_file import save_torch_atomic
+from ..engine.checkpoints import MODEL_SUFFIX, load_model_checkpoint
 from ..errors import CheckpointError
 from .dataset_source import run_tool
 

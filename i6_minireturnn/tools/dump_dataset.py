@@ -296,11 +296,13 @@ def _dump_seq(
             print(f"{progress} {key} shape: {tuple(seq[key].shape)}", file=out)
     elif args.type == "numpy":
         seq_idx = seq["seq_idx"]
-        np.savetxt(f"{args.dump_prefix}{seq_idx}.data{args.dump_postfix}", _as_table(data))
+        with atomic_path(f"{args.dump_prefix}{seq_idx}.data{args.dump_postfix}") as tmp:
+            np.savetxt(tmp, _as_table(data))
         for key in others:
             value = _as_table(seq[key])
             fmt = "%i" if np.issubdtype(value.dtype, np.integer) else "%.18e"
-            np.savetxt(f"{args.dump_prefix}{seq_idx}.targets.{key}{args.dump_postfix}", value, fmt=fmt)
+            with atomic_path(f"{args.dump_prefix}{seq_idx}.targets.{key}{args.dump_postfix}") as tmp:
+                np.savetxt(tmp, value, fmt=fmt)
 
 
 def main_returnn(argv: Optional[Sequence[str]] = None) -> int:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from ..__main__ import load_config
-from ..atomic_file import TEMP_MARKER, commit_temp
+from ..atomic_file import TEMP_MARKER, commit_temp, disk_full_error, make_output_folder
 from ..config import Config, set_global_config
 from ..engine import checkpoints
 from ..engine.run_ctx import init_load_run_ctx, reset_run_ctx
@@ -253,8 +253,7 @@ def staged_output(path: str) -> Iterator[str]:
     A folder, not a temp file name: files of external data (models over 2 GB) are named after the model file and
     referred to by name from inside it, so the model must be written under its final name.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    folder = make_output_folder(path)
     base = os.path.basename(path)
     stage = tempfile.mkdtemp(prefix=base + TEMP_MARKER, dir=folder)
     try:
@@ -264,6 +263,12 @@ def staged_output(path: str) -> Iterator[str]:
             if entry != base:
                 os.replace(os.path.join(stage, entry), os.path.join(folder, entry))
         commit_temp(staged, path)
+    except BaseException as exc:
+        shutil.rmtree(stage, ignore_errors=True)  # first, so that the message counts the space it freed
+        disk_full = disk_full_error(exc, path)
+        if disk_full is not None:
+            raise disk_full from exc
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
