@@ -28,6 +28,7 @@ class Config:
         self.dict: Dict[str, List[str]] = {}  # line-based entries, as strings, like RETURNN
         self.files: List[str] = []
         self._read_keys: set = set()
+        self._cmd_line_keys: set = set()  # keys whose value the command line set (named in error messages)
         if items:
             self.typed_dict.update(items)
 
@@ -104,6 +105,7 @@ class Config:
             if value.startswith("+-"):  # RETURNN's way to pass a negative number: ++threshold +-0.1
                 value = value[1:]
             key = key[2:]
+            self._cmd_line_keys.add(key)
             self.dict.pop(key, None)
             self.typed_dict[key] = _parse_override(value, self.typed_dict.get(key, _NOT_SET))
 
@@ -128,6 +130,10 @@ class Config:
     def typed_value(self, key: str, default: Any = None, index: Optional[int] = None) -> Any:
         """The value as the config has it (Python object); line-based entries come as strings."""
         self._read_keys.add(key)
+        return self.peek(key, default, index)
+
+    def peek(self, key: str, default: Any = None, index: Optional[int] = None) -> Any:
+        """Like :func:`typed_value`, but the key does not count as read (for checks that look at every key)."""
         if key in self.typed_dict:
             value = self.typed_dict[key]
             if value is None:
@@ -252,10 +258,17 @@ class Config:
             return "the config"
         return "config file " + ", ".join(self.files)
 
+    def source_of(self, key: str) -> str:
+        """Where the key's value came from, for error messages: the command line or the config file(s)."""
+        if key in self._cmd_line_keys:
+            return f"the command line, ++{key}"
+        return self.where()
+
     def type_error(self, key: str, value: Any, expected: str) -> ConfigError:
         """The error for a key of the wrong type."""
         return ConfigError(
-            f"Config key {key!r} must be {expected}, got {value!r} ({type(value).__name__}) in {self.where()}"
+            f"Config key {key!r} must be {expected}, got {value!r} ({type(value).__name__}) "
+            f"(from {self.source_of(key)})"
         )
 
     def user_keys(self) -> List[str]:

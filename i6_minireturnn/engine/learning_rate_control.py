@@ -350,6 +350,7 @@ _CONTROL_TYPES = {
     "newbob_abs": NewbobAbs,
     "newbob_multi_epoch": NewbobMultiEpoch,
 }
+CONTROL_TYPE_NAMES = tuple(_CONTROL_TYPES)  # the values of ``learning_rate_control`` (checked up front)
 
 
 def learning_rate_control_from_config(config: Any) -> LearningRateControl:

@@ -32,21 +32,34 @@ def get_optimizer_class(name: Any) -> type:
 
 
 def create_optimizer(
-    options: Any, model: torch.nn.Module, *, learning_rate: float, weight_decay: Optional[float] = None
+    options: Any,
+    model: torch.nn.Module,
+    *,
+    learning_rate: float,
+    weight_decay: Optional[float] = None,
+    where: str = "the config",
 ) -> torch.optim.Optimizer:
-    """Builds the optimizer; ``epsilon`` is accepted for ``eps``; unknown arguments are an error naming them."""
+    """Builds the optimizer; ``epsilon`` is accepted for ``eps``; unknown or unusable arguments are an error naming
+    them (`where` names the config file for the message)."""
     if not isinstance(options, dict):
         raise ConfigError(f"'optimizer' must be a dict like {{'class': 'adam'}}, got {options!r}")
     options = dict(options)  # the config's dict stays untouched (it may be read again)
     if "class" not in options:
         raise ConfigError("'optimizer' has no 'class' entry (e.g. 'adam', 'adamw', 'sgd')")
-    if "learning_rate" in options:
+    if "learning_rate" in options or "lr" in options:
+        # lr is set per epoch from learning_rate / learning_rates; a second lr would be a TypeError inside torch
         raise ConfigError("Set learning_rate / learning_rates outside of the 'optimizer' dict")
     cls = get_optimizer_class(options.pop("class"))
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
     if "epsilon" in options and "eps" in accepted:
         options["eps"] = options.pop("epsilon")
-    multiplier = float(options.pop("learning_rate_multiplier", 1.0))
+    multiplier = options.pop("learning_rate_multiplier", 1.0)
+    try:
+        multiplier = float(multiplier)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"'optimizer' entry 'learning_rate_multiplier' must be a number, got {multiplier!r} in {where}"
+        ) from None
     if weight_decay is not None and "weight_decay" in accepted:
         options.setdefault("weight_decay", weight_decay)
     unknown = sorted(set(options) - set(accepted))
@@ -54,10 +67,44 @@ def create_optimizer(
         raise ConfigError(
             f"Optimizer {cls.__name__} does not take {', '.join(unknown)}; it takes: {', '.join(accepted)}"
         )
-    optimizer = cls([{"params": list(model.parameters())}], lr=learning_rate * multiplier, **options)
+    try:
+        optimizer = cls([{"params": list(model.parameters())}], lr=learning_rate * multiplier, **options)
+    except (TypeError, ValueError) as exc:
+        raise _optimizer_argument_error(cls, options, exc, where, lr=learning_rate * multiplier) from None
     optimizer.lr_multiplier = multiplier  # type: ignore[attr-defined]
     print(f"Optimizer: {optimizer}", file=log.v4)
     return optimizer
+
+
+def _optimizer_argument_error(
+    cls: type, options: Dict[str, Any], exc: Exception, where: str, *, lr: float
+) -> ConfigError:
+    """A ConfigError for an optimizer constructor that refused its arguments, naming the argument at fault.
+
+    torch's own message often does not name it (``'<=' not supported between 'float' and 'str'`` for a bad
+    ``betas``), so each argument is tried alone on a throwaway parameter to find the one that is refused.
+    """
+    probe = [torch.nn.Parameter(torch.zeros(2, 2))]  # 2-D: some optimizers (Muon) take matrices only
+    try:
+        cls(probe)
+        suspects = list(options.items())
+    except Exception:  # the class cannot be probed this way: report all arguments
+        suspects = []
+    for name, value in suspects:
+        try:
+            cls(probe, **{name: value})
+        except (TypeError, ValueError) as single:
+            return ConfigError(
+                f"Optimizer {cls.__name__} refuses its argument {name} = {value!r} ('optimizer' in {where}): "
+                f"{type(single).__name__}: {single}"
+            )
+        except Exception:  # any other failure of the probe says nothing about this argument
+            continue
+    given = ", ".join(f"{k}={v!r}" for k, v in {"lr": lr, **options}.items())
+    return ConfigError(
+        f"Optimizer {cls.__name__} cannot be created with {given} ('optimizer' in {where}): "
+        f"{type(exc).__name__}: {exc}"
+    )
 
 
 def _make_grad_scaler(device_type: str) -> Optional[Any]:
@@ -106,6 +153,7 @@ class Updater:
             self.network,
             learning_rate=self.learning_rate,
             weight_decay=self.config.float("weight_decay", None),
+            where=self.config.where(),
         )
 
     def create_grad_scaler(self) -> None:
@@ -165,8 +213,17 @@ class Updater:
         self.optimizer.zero_grad(set_to_none=True)
         self._pending_grads = False
 
+    def skip_step(self, step_idx: int) -> None:
+        """A step left out of the update (non-finite loss, ``stop_on_nonfinite_train_score = False``).
+
+        It adds no gradient, but the accumulation window still ends where it would have: the gradients the other
+        steps of the window accumulated are applied there (nothing happens where every step was skipped).
+        """
+        if (step_idx + 1) % self._accum_grad_multiple_step == 0:
+            self.apply_update()
+
     def discard_gradients(self) -> None:
-        """Drops the gradients of a step that is skipped (non-finite loss)."""
+        """Drops all accumulated gradients, also those of earlier steps of the accumulation window."""
         self.optimizer.zero_grad(set_to_none=True)
         self._pending_grads = False
 

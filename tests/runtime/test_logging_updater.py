@@ -108,3 +108,73 @@ def test_optimizer_dict_errors():
         updater = Updater(config=Config({"optimizer": options}), network=model, device="cpu")
         with pytest.raises(ConfigError, match=message):
             updater.create_optimizer()
+
+
+def test_skipped_step_keeps_the_window_gradients():
+    """accum 2, second micro-step non-finite: the update applies the first micro-step's gradient alone."""
+    model, updater = _updater(accum_grad_multiple_step=2)  # SGD, learning rate 1, weights 1
+    updater.step(_loss(model, 0.5), 0)  # gradient 0.5 per weight, accumulated
+    updater.skip_step(1)  # window boundary: the update happens with what step 0 accumulated
+    assert model.weight.tolist() == [[0.5, 0.5]]  # 1 - 1.0 * 0.5
+    updater.skip_step(2)
+    updater.skip_step(3)  # a window of skipped steps only: no update
+    assert model.weight.tolist() == [[0.5, 0.5]]
+    updater.skip_step(4)
+    updater.step(_loss(model, 0.25), 5)  # a skipped first micro-step does not hold back the second
+    assert model.weight.tolist() == [[0.25, 0.25]]
+
+
+# A scalar parameter w (1.0 at the start) and the loss w * s in step s (1-based): the gradient of step s is s, or
+# the loss is NaN in the steps listed in _NONFINITE.
+SCALAR_CONFIG = """
+#!rnn.py
+import torch
+from torch import nn
+
+task = "train"
+device = "cpu"
+log_verbosity = 2
+train = {"class": "DummyDataset", "input_dim": 1, "output_dim": 2, "num_seqs": 6, "seq_len": 2}
+batch_size = 100
+max_seqs = 1
+num_workers_per_gpu = 0
+num_epochs = 1
+model = "out/model"
+optimizer = {"class": "sgd", "weight_decay": 0.5}
+learning_rate = 0.1
+accum_grad_multiple_step = 2
+stop_on_nonfinite_train_score = False
+_NONFINITE = {2, 3, 4, 5}
+_calls = []
+
+
+class Scalar(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.0))
+
+
+def get_model(**kwargs):
+    return Scalar()
+
+
+def train_step(*, model, data, run_ctx, **kwargs):
+    _calls.append(None)
+    step = len(_calls)
+    run_ctx.mark_as_loss(model.w * (float("nan") if step in _NONFINITE else float(step)), "loss")
+"""
+
+
+def test_nonfinite_micro_step_drops_only_its_own_gradient(tmp_path, run_cli):
+    """Through the engine: windows (1, NaN), (NaN, NaN), (NaN, 6), SGD with weight decay 0.5, learning rate 0.1."""
+    config = write_config(tmp_path, base=SCALAR_CONFIG)
+    code, out, err = run_cli(config)
+    assert code == 0, err
+    assert "4 step(s) with non-finite loss skipped" in out
+    lr, wd = 0.1, 0.5
+    w = 1.0
+    w -= lr * (1.0 + wd * w)  # window 1: the valid first micro-step's gradient alone (the NaN step adds nothing)
+    # window 2: every micro-step skipped, no update (weight decay would otherwise shrink w)
+    w -= lr * (6.0 + wd * w)  # window 3: the valid second micro-step's gradient
+    checkpoint = torch.load(tmp_path / "out/model.001.pt", weights_only=False)
+    assert checkpoint["model"]["w"].item() == pytest.approx(w, abs=1e-6)
