@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -12,6 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 from . import __version__, compat
 from .config import Config, set_global_config
 from .config_keys import check_unsupported_keys
+from .config_validation import validate_config
+from .engine.stop_signals import StopRequested
 from .errors import ConfigError, UserError
 from .log import log
 
@@ -117,8 +120,13 @@ def run(argv: Sequence[str]) -> None:
     print_greeting(config, argv, resolve_device(config))
     config.check_misspelt_keys()
     check_unsupported_keys(config)
+    validate_config(config)
     start = time.monotonic()
-    execute_task(config, create_engine(config))
+    engine = create_engine(config)
+    try:
+        execute_task(config, engine)
+    finally:
+        engine.close()  # the model prefix is free for the next run, also in the same process
     unread = config.unread_keys()
     if unread:
         print(f"Note: config keys nothing read: {', '.join(unread)}", file=log.v4)
@@ -131,8 +139,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) then fails the write with a message, not a kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         run(argv)
+    except StopRequested as stop:
+        _report(str(stop))
+        return stop.exit_code
     except UserError as exc:
         _report(f"ERROR: {exc}")
         return 1

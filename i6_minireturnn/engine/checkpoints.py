@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, Optional, Set, Tuple
 
 import torch
 
-from ..atomic_file import atomic_path, is_temp_file
+from ..atomic_file import is_temp_file, save_torch_atomic
 from ..errors import CheckpointError, ConfigError
 from ..log import log
 
@@ -43,6 +43,18 @@ def existing_epochs(model_prefix: str) -> Dict[int, str]:
         if match and not is_temp_file(path):
             found[int(match.group(1))] = path
     return dict(sorted(found.items()))
+
+
+def remove_old_optimizer_states(model_prefix: str, *, keep_newest: int) -> None:
+    """Deletes the optimizer files of all but the `keep_newest` newest stored epochs, and those whose model file is
+    gone (a cleanup deletes the model file first)."""
+    stored = sorted(existing_epochs(model_prefix))
+    kept = set(stored[-keep_newest:])
+    pattern = re.compile(re.escape(os.path.basename(model_prefix)) + r"\.(\d+)" + re.escape(OPTIMIZER_SUFFIX) + "$")
+    for path in glob.glob(glob.escape(model_prefix) + ".*" + OPTIMIZER_SUFFIX):
+        match = pattern.fullmatch(os.path.basename(path))
+        if match and int(match.group(1)) not in kept and int(match.group(1)) < max(stored, default=0):
+            os.remove(path)
 
 
 def remove_stale_temp_files(model_prefix: str) -> None:
@@ -79,12 +91,6 @@ def load_model_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path!r} is not a model checkpoint: expected a dict with 'model', 'epoch', 'step'")
     return state
-
-
-def save_torch_atomic(obj: Any, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def save_model(model_prefix: str, epoch: int, model: torch.nn.Module, step: int) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
-import os
 import random
+import signal
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -22,11 +22,12 @@ from ..config import Config
 from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError
 from ..log import log
-from . import checkpoints, priors
+from . import checkpoints, priors, resume
 from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
 from .loss_tracker import LossTracker, Stopwatch
+from .output_checks import check_outputs, estimate_checkpoint_bytes, warn_on_low_space
 from .run_ctx import (
     Loss,
     RunCtx,
@@ -35,6 +36,8 @@ from .run_ctx import (
     init_train_step_run_ctx,
     reset_run_ctx,
 )
+from .run_lock import ModelPrefixLock
+from .stop_signals import StopRequested, StopSignals
 from .updater import Updater
 
 StepResult = Tuple[torch.Tensor, Dict[str, Loss]]
@@ -99,8 +102,16 @@ class Engine:
         self._progress_interval = config.float("log_progress_interval", 60.0)
         self._random_seed = config.int("random_seed", 42)
         self._stop_on_nonfinite = config.bool("stop_on_nonfinite_train_score", True)
+        self._stop_signals = StopSignals()
+        self._run_lock: Optional[ModelPrefixLock] = None
         # A CustomEngine may override run_train_step with or without step_idx; decided once, not per step.
         self._run_train_step_takes_step_idx = _takes_step_idx(self.run_train_step)
+
+    def close(self) -> None:
+        """Releases what the run holds beyond its objects (the model prefix lock)."""
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
 
     # ---- setup ---------------------------------------------------------------------------------------------------
 
@@ -139,20 +150,35 @@ class Engine:
         self._train_step_func = self._config_function("train_step", "the training step")
         self._final_epoch = self.config_get_final_epoch(self.config)
         self.learning_rate_control = learning_rate_control_from_config(self.config)
+        check_outputs(self._train_outputs())
         if self.model_filename:
-            checkpoints.remove_stale_temp_files(self.model_filename)
-        start_epoch, state, opt_file = self._find_train_start()
-        self._start_epoch = start_epoch
-        self.learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(start_epoch)
-        self._load_model(epoch=start_epoch, state=state, init_for_train=start_epoch == 1)
+            self._run_lock = ModelPrefixLock(self.model_filename)
+            self._run_lock.acquire()
+        start = resume.find_train_start(self.config, self.model_filename, self.learning_rate_control)
+        self._start_epoch = start.epoch
+        self._load_model(epoch=start.epoch, state=start.state, init_for_train=start.epoch == 1)
+        # A stored epoch that was not evaluated yet is evaluated first: learning-rate control (newbob) decides the
+        # next learning rate from its scores.
+        self._eval_missing_for_stored_epoch()
+        self.learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(start.epoch)
         self._updater = Updater(
             config=self.config, network=self._model, device=self._device, initial_learning_rate=self.learning_rate
         )
         self._updater.create_optimizer()
         if self._amp_dtype == torch.float16:
             self._updater.create_grad_scaler()
-        if opt_file is not None:
-            self._load_optimizer(opt_file)
+        if start.optimizer_file is not None:
+            self._load_optimizer(start.optimizer_file)
+        warn_on_low_space(self._train_outputs(), estimate_checkpoint_bytes(self._model, self._updater.optimizer))
+
+    def _train_outputs(self) -> Dict[str, str]:
+        """The files training writes, by the config key that names them (checked before the first step)."""
+        outputs = {}
+        if self.model_filename:
+            outputs["model"] = checkpoints.model_path(self.model_filename, 1)
+        if self.learning_rate_control.filename:
+            outputs["learning_rate_file"] = self.learning_rate_control.filename
+        return outputs
 
     def _init_eval_datasets(self, dev_data: Optional[Dataset] = None) -> None:
         self.eval_datasets = {}
@@ -173,50 +199,6 @@ class Engine:
         if num_epochs < 1:
             raise ConfigError(f"num_epochs must be >= 1, got {num_epochs}")
         return num_epochs
-
-    def _find_train_start(self) -> Tuple[int, Optional[Dict[str, Any]], Optional[str]]:
-        """(first epoch to train, checkpoint to start from, optimizer file to restore) for task train.
-
-        A stored epoch of this training wins (resume); else ``import_model_train_epoch1`` or ``load`` initialise
-        the parameters for epoch 1; else the model starts fresh.
-        """
-        prefix = self.model_filename
-        load_epoch = self.config.int("load_epoch", None)
-        start_epoch = self.config.value("start_epoch", "auto")
-        if start_epoch != "auto" and load_epoch is None:
-            load_epoch = self.config.int("start_epoch", 1) - 1
-        if prefix and load_epoch:
-            path = checkpoints.model_path(prefix, load_epoch)
-            state = checkpoints.load_model_checkpoint(checkpoints.checkpoint_file(path))
-            return load_epoch + 1, state, self._optimizer_file_for(load_epoch)
-        if prefix and load_epoch is None:
-            epoch, state = checkpoints.newest_loadable(prefix)
-            if state is not None:
-                print(
-                    f"Resuming training after stored epoch {epoch} ({checkpoints.model_path(prefix, epoch)})",
-                    file=log.v3,
-                )
-                return epoch + 1, state, self._optimizer_file_for(epoch)
-        for key in ("import_model_train_epoch1", "load"):
-            if self.config.has(key):
-                path = checkpoints.checkpoint_file(self.config.value(key))
-                print(f"Initialising the model from {path} ({key})", file=log.v3)
-                state = checkpoints.load_model_checkpoint(path)
-                return 1, {**state, "step": 0, "epoch": 0}, None
-        print("Starting training with a fresh model", file=log.v3)
-        return 1, None, None
-
-    def _optimizer_file_for(self, epoch: int) -> Optional[str]:
-        path = checkpoints.optimizer_path(self.model_filename, epoch)
-        if os.path.isfile(path):
-            return path
-        if self.config.bool("allow_missing_optimizer_checkpoint", False):
-            print(f"WARNING: optimizer state {path} not found, continuing with a fresh optimizer", file=log.v2)
-            return None
-        raise CheckpointError(
-            f"Optimizer state {path!r} for the resumed epoch {epoch} is missing "
-            "(set allow_missing_optimizer_checkpoint = True to continue with a fresh optimizer)"
-        )
 
     def _load_model(self, *, epoch: int, state: Optional[Dict[str, Any]], init_for_train: bool = False) -> None:
         """Creates the model with ``get_model(epoch=, step=)``, then loads `state` and ``preload_from_files``."""
@@ -255,16 +237,30 @@ class Engine:
 
     def train(self) -> None:
         """Trains epochs start..num_epochs; each: train, save, evaluate, clean up."""
+        self._cleanup()  # where a stopped run left it unfinished
         if self._start_epoch > self._final_epoch:
             print(f"Nothing to train: epoch {self._final_epoch} is stored already.", file=log.v2)
             return
-        self._eval_missing_for_stored_epoch()
         print(f"Starting training at epoch {self._start_epoch}, global step {self._train_step}.", file=log.v3)
-        for epoch in range(self._start_epoch, self._final_epoch + 1):
-            self.epoch = epoch
-            self.init_train_epoch()
-            self.train_epoch()
+        try:
+            with self._stop_signals:
+                for epoch in range(self._start_epoch, self._final_epoch + 1):
+                    self.epoch = epoch
+                    self.init_train_epoch()
+                    self.train_epoch()
+        except StopRequested as stop:
+            raise StopRequested(
+                stop.signum,
+                f"{signal.Signals(stop.signum).name} received in epoch {self.epoch}: "
+                f"stopped; {self._kept_epochs()}",
+            ) from None
         print(f"Finished training at epoch {self._final_epoch}.", file=log.v3)
+
+    def _kept_epochs(self) -> str:
+        stored = resume.complete_epochs(self.model_filename, self.learning_rate_control) if self.model_filename else []
+        if not stored:
+            return "no epoch is stored yet; a restart begins with epoch 1"
+        return f"kept the stored epochs up to {stored[0]}; a restart continues with epoch {stored[0] + 1}"
 
     def init_train_epoch(self) -> None:
         """Learning rate and seeds of the epoch (a resumed epoch sees the same random numbers)."""
@@ -305,11 +301,13 @@ class Engine:
         if skipped:
             summary += f", {skipped} step(s) with non-finite loss skipped"
         print(summary, file=log.v2)
-        self.learning_rate_control.set_epoch_error(self.epoch, means)
-        self.learning_rate_control.save()
-        if self._should_save(self.epoch):
-            self.save_model()
-            self._save_optimizer()
+        with self._stop_signals.deferred():  # stored as one unit; see resume.py for the order and why
+            resume.start_learning_rate_file(self.learning_rate_control)
+            if self._should_save(self.epoch):
+                self._save_optimizer()
+                self.save_model()
+            self.learning_rate_control.set_epoch_error(self.epoch, means)
+            self.learning_rate_control.save()  # last: marks the epoch complete
         self.eval_model()
         self._cleanup()
 
@@ -332,7 +330,7 @@ class Engine:
         if not self._stop_on_nonfinite and not bool(
             torch.isfinite(total_loss.detach())
         ):  # syncs; only in this opt-in mode
-            self._updater.discard_gradients()
+            self._updater.skip_step(step_idx)
         else:
             self._updater.step(total_loss, step_idx)
         return total_loss, run_ctx.losses
@@ -415,15 +413,15 @@ class Engine:
         return any(key.startswith(f"{name}_loss_") for key in errors)
 
     def _eval_missing_for_stored_epoch(self) -> None:
-        """A run killed between saving an epoch and evaluating it catches up on the evaluation."""
+        """A run stopped between storing an epoch and evaluating it catches up on the evaluation."""
         stored = self._start_epoch - 1
-        if stored < 1 or not self.eval_datasets or not self.learning_rate_control.filename:
+        missing = resume.datasets_missing_eval(self.learning_rate_control, stored, self.eval_datasets)
+        if not missing or stored > self._final_epoch:
             return
+        print(f"Epoch {stored} was not evaluated on {', '.join(missing)}; doing that now.", file=log.v3)
         self.epoch = stored
-        missing = [n for n in self.eval_datasets if not self._is_dataset_evaluated(n)]
-        if missing:
-            print(f"Epoch {stored} was not evaluated on {', '.join(missing)}; doing that now.", file=log.v3)
-            self.eval_model(skip_already_evaluated=True)
+        self.eval_model(skip_already_evaluated=True)
+        self.epoch = self._start_epoch
 
     def init_eval(self) -> None:
         """Task eval: the checkpoint (``load`` / ``load_epoch`` / newest), ``dev``, ``eval`` and ``eval_datasets``."""
@@ -540,6 +538,7 @@ class Engine:
             raise ConfigError(
                 f"Task compute_priors needs 'output_file' (where the prior goes) in {self.config.where()}"
             )
+        check_outputs({"output_file": self.config.value("output_file")})
         self.forward_dataset = self._dataset("train")
         self._forward_step_func = self._config_function("forward_step", "sums the posteriors for the prior")
         self._load_model_for_inference()
@@ -577,16 +576,18 @@ class Engine:
         checkpoints.save_model(self.model_filename, self.epoch, self._model, self._train_step)
 
     def _save_optimizer(self) -> None:
-        """Writes the optimizer state; only the two newest are kept (enough to resume if one is damaged)."""
+        """Writes the current epoch's optimizer state."""
         self._updater.save_optimizer(checkpoints.optimizer_path(self.model_filename, self.epoch))
-        for epoch in checkpoints.existing_epochs(self.model_filename):
-            path = checkpoints.optimizer_path(self.model_filename, epoch)
-            if epoch <= self.epoch - 2 and os.path.exists(path):
-                os.remove(path)
 
     def _cleanup(self) -> None:
+        """Deletes what the stored epochs make unneeded: optimizer states but the two newest (enough to resume if one
+        is damaged), and the epochs ``cleanup_old_models`` does not keep. It depends only on the files and scores,
+        so a restart repeats it where a run stopped in the middle."""
+        if not self.model_filename:
+            return
+        checkpoints.remove_old_optimizer_states(self.model_filename, keep_newest=2)
         options = self.config.bool_or_other("cleanup_old_models", None)
-        if options and self.model_filename:
+        if options:
             scores = {e: d.error for e, d in self.learning_rate_control.epoch_data.items()}
             checkpoints.cleanup_old_models(self.model_filename, options, scores)
 
