@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional
 
+from ..atomic_file import write_text_atomic
 from ..config import Config
 from ..errors import CheckpointError
 from ..log import log
@@ -100,7 +101,7 @@ def start_learning_rate_file(lr_control: LearningRateControl) -> None:
     """Creates the learning_rates file (empty) before the first epoch is stored, so that a model file stored before
     its entry was written is recognised as incomplete even in epoch 1."""
     if lr_control.filename and not os.path.exists(lr_control.filename):
-        lr_control.save()
+        write_text_atomic(lr_control.filename, "{\n}\n")  # RETURNN's format without epochs: nothing decided yet
 
 
 def optimizer_file(model_prefix: str, epoch: int, allow_missing: bool) -> Optional[str]:

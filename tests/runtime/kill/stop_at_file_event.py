@@ -9,7 +9,7 @@ line on stdin and runs each in a forked child (a fresh process state for every r
 again), answering with the child's exit status:
 
     {"cwd": FOLDER, "args": [CONFIG, ...], "signal": "SIGKILL" | "SIGTERM" | "SIGINT" | null, "index": N,
-     "record": EVENTS_FILE | null, "kill_after": SECONDS | null}
+     "record": EVENTS_FILE | null, "kill_after": SECONDS | null, "file_size_limit": BYTES | null}
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -63,6 +64,8 @@ def _child(request) -> int:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, stream)
         os.close(fd)
+    if request.get("file_size_limit"):  # a full disk as a process sees it: writes beyond the limit fail (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (request["file_size_limit"], resource.RLIM_INFINITY))
     _MODE["signal"] = getattr(signal, request["signal"]) if request.get("signal") else None
     _MODE["index"] = request.get("index", -1)
     for name in ("open", "fsync", "replace", "remove"):

@@ -227,3 +227,17 @@ def test_sigkill_at_random_moments(reference, tmp_path):
         trials = [pool.submit(trial, k, delay) for k, delay in enumerate(moments)]
     for delay, finished in zip(moments, trials):
         _assert_same(finished.result(), result, f"SIGKILL after {delay:.2f}s")
+
+
+def test_full_disk_while_storing_stops_naming_the_file_and_resumes(reference, tmp_path):
+    result = reference[0]
+    folder = _setup(tmp_path / "full")
+    # room for the learning_rates file, not for a checkpoint: the first epoch cannot be stored
+    status, _ = _server().run(folder, file_size_limit=2000)
+    stderr = (folder / "stderr.txt").read_text()
+    assert status == 1 and "Cannot write" in stderr and "model.001" in stderr and "Traceback" not in stderr, stderr
+    out = folder / "out"
+    assert not [p for p in out.iterdir() if p.name.endswith(".pt") or ".tmp-" in p.name], sorted(os.listdir(out))
+    assert "EpochData" not in (out / "learning_rates").read_text()  # no entry without its checkpoint
+    _run_to_the_end(folder)  # space again: the run starts over and ends as the uninterrupted one
+    _assert_same(_result(folder), result, "full disk")
