@@ -68,6 +68,7 @@ def test_lm_dataset_symbols_and_vocab(tmp_path):
             "corpus_file": str(tmp_path / "corpus.gz"),
             "orth_symbols_file": str(tmp_path / "symbols"),
             "word_based": True,
+            "auto_replace_unknown_symbol": True,  # RETURNN: unknown words are an error unless this is set
         }
     )
     dataset.init_seq_order(1)
