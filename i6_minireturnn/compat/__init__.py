@@ -29,13 +29,22 @@ PROVIDED: Dict[str, str] = {
     "returnn.datasets": "Dataset, init_dataset",
     "returnn.datasets.hdf": "SimpleHDFWriter, HDFDataset",
     "returnn.datasets.util": "package",
-    "returnn.datasets.util.vocabulary": "Vocabulary",
+    "returnn.datasets.util.vocabulary": (
+        "Vocabulary (create_vocab, create_vocab_from_labels), BytePairEncoding, SentencePieces, CharacterTargets, "
+        "Utf8ByteTargets"
+    ),
     "returnn.util": "NumbersDict",
+    "returnn.util.basic": "cf, NumbersDict, NotSpecified, hms, human_size, model_epoch_from_filename, ...",
+    "returnn.datasets.basic": "Dataset, init_dataset, get_dataset_class",
+    "returnn.datasets.lm": "LmDataset, TranslationDataset",
+    "returnn.datasets.audio": "OggZipDataset",
+    "returnn.datasets.meta": "MetaDataset, ConcatDataset, CombinedDataset, ConcatSeqsDataset",
+    "returnn.datasets.generating": "DummyDataset, Task12AXDataset, ... (generated datasets)",
     "returnn.log": "log (log.v1 ... log.v5)",
     "returnn.config": "Config, get_global_config",
 }
 
-MAINLINE_ONLY = ("returnn.frontend", "returnn.tensor", "returnn.tf", "returnn.torch.frontend", "returnn.torch.util")
+MAINLINE_ONLY = ("returnn.frontend", "returnn.tensor", "returnn.tf", "returnn.torch.frontend", "returnn.forward_iface")
 
 
 class MainlineApiError(ImportError, UserError):
