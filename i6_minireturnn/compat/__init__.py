@@ -29,6 +29,7 @@ PROVIDED: Dict[str, str] = {
     "returnn.datasets": "Dataset, init_dataset",
     "returnn.datasets.hdf": "SimpleHDFWriter, HDFDataset",
     "returnn.datasets.util": "package",
+    "returnn.datasets.util.hdf": "SimpleHDFWriter, HDF_SEQ_LENGTHS_KEY, HDF_INPUT_PATT_SIZE_KEY, HDF_TIMES_KEY",
     "returnn.datasets.util.vocabulary": (
         "Vocabulary (create_vocab, create_vocab_from_labels), BytePairEncoding, SentencePieces, CharacterTargets, "
         "Utf8ByteTargets"
