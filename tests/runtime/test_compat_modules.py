@@ -11,19 +11,9 @@ import textwrap
 
 import pytest
 
-from i6_minireturnn import cache_manager, compat
+from i6_minireturnn import cache_manager
 
 from .conftest import write_config
-
-# the entries these modules have in compat.PROVIDED (set here too, so the test runs before they are listed)
-NEW_MODULES = {
-    "returnn.util.basic": "cf, NumbersDict, NotSpecified, hms, human_size, model_epoch_from_filename, ...",
-    "returnn.datasets.basic": "Dataset, init_dataset, get_dataset_class",
-    "returnn.datasets.lm": "LmDataset, TranslationDataset",
-    "returnn.datasets.audio": "OggZipDataset",
-    "returnn.datasets.meta": "MetaDataset, ConcatDataset, CombinedDataset, ConcatSeqsDataset",
-    "returnn.datasets.generating": "DummyDataset, Task12AXDataset, ... (generated datasets)",
-}
 
 # A model file in the style of i6 setups: imports at module level, cf() on a file before use, a NumbersDict
 # accumulating the step losses; it records what it saw in seen.json.
@@ -103,13 +93,6 @@ def train_step(*, model, data, run_ctx, **kwargs):
 """
 
 
-@pytest.fixture
-def new_modules_listed(monkeypatch):
-    """The new modules as compat.PROVIDED lists them (a no-op once the table has them)."""
-    for name, what in NEW_MODULES.items():
-        monkeypatch.setitem(compat.PROVIDED, name, compat.PROVIDED.get(name, what))
-
-
 def _config(tmp_path, extra: str = ""):
     (tmp_path / "compat_model.py").write_text(textwrap.dedent(MODEL_FILE).lstrip())
     (tmp_path / "lexicon.txt").write_text("a\nb\n")
@@ -124,7 +107,7 @@ def _seen(tmp_path):
     return json.loads((tmp_path / "seen.json").read_text())
 
 
-def test_model_file_importing_the_small_modules_trains(tmp_path, run_cli, monkeypatch, new_modules_listed):
+def test_model_file_importing_the_small_modules_trains(tmp_path, run_cli, monkeypatch):
     monkeypatch.setattr(cache_manager, "CACHE_COMMAND", "no-such-cache-manager-command")
     monkeypatch.delitem(sys.modules, "compat_model", raising=False)
     code, _, err = run_cli(_config(tmp_path))
@@ -142,7 +125,7 @@ def test_model_file_importing_the_small_modules_trains(tmp_path, run_cli, monkey
     assert 0.0 < seen["mean"]["ce"] < 10.0
 
 
-def test_cf_returns_the_cache_managers_local_copy(tmp_path, run_cli, monkeypatch, new_modules_listed):
+def test_cf_returns_the_cache_managers_local_copy(tmp_path, run_cli, monkeypatch):
     cache = tmp_path / "node_cache"
     cache.mkdir()
     fake_cf = tmp_path / "fake_cf"
@@ -157,7 +140,7 @@ def test_cf_returns_the_cache_managers_local_copy(tmp_path, run_cli, monkeypatch
     assert os.path.exists(cache / "lexicon.txt")
 
 
-def test_small_module_helpers_directly(new_modules_listed):
+def test_small_module_helpers_directly():
     from i6_minireturnn.compat.returnn.util import basic
 
     assert basic.hms_fraction(61.25, 2) == "00:01:01.25"
@@ -170,7 +153,7 @@ def test_small_module_helpers_directly(new_modules_listed):
     assert dict(total) == {"a": 4, "b": 2}
 
 
-def test_config_prolog_cf_lambda_as_lm_corpus_file(tmp_path, run_cli, monkeypatch, new_modules_listed):
+def test_config_prolog_cf_lambda_as_lm_corpus_file(tmp_path, run_cli, monkeypatch):
     """LM data helpers write ``from returnn.util.basic import cf`` into the config and ``lambda: cf(...)`` as the
     LmDataset corpus file; the dataset calls it when it loads."""
     monkeypatch.setattr(cache_manager, "CACHE_COMMAND", "no-such-cache-manager-command")

@@ -19,7 +19,6 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from i6_minireturnn.compat import PROVIDED  # noqa: E402
 from i6_minireturnn.data.generating import DummyDataset  # noqa: E402
 from i6_minireturnn.data.hdf import HDFDataset  # noqa: E402
 from i6_minireturnn.data.hdf_writer import SimpleHDFWriter  # noqa: E402
@@ -154,10 +153,6 @@ def test_aligner_hooks_with_fork_pools_through_the_command_line(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["durations.hdf", "hooks", "returnn.config"]  # no temp file left
 
 
-@pytest.mark.skipif(
-    "returnn.datasets.util.hdf" not in PROVIDED,
-    reason="returnn.datasets.util.hdf is not yet listed in i6_minireturnn.compat.PROVIDED",
-)
 def test_aligner_hooks_importing_returnn_datasets_util_hdf(tmp_path):
     done = run_forward(tmp_path, "returnn.datasets.util.hdf")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
