@@ -1,8 +1,11 @@
 """The engine: trains (with eval after each epoch), evaluates and forwards models given by the config functions.
 
 Read :func:`Engine.train_epoch` top to bottom for the training loop; features enter through small methods.
-Attribute names (``_model``, ``_updater``, ``_train_step_func``, ``_train_step``, ``_device``, ``_amp_dtype``)
-follow Mini-RETURNN because ``CustomEngine`` subclasses in existing configs use them.
+Attribute and method names follow Mini-RETURNN because ``CustomEngine`` subclasses in existing configs use them:
+GAN vocoder setups call ``super(Engine, self).init_train(...)`` (hence :class:`EngineBase`), build their own
+``Updater`` per optimizer (so ``_updater`` may be a dict of them), and call ``_create_data_loader``,
+``get_epoch_model``, ``_load_model(epoch=, filename=)``, ``_load_optimizer(epoch)`` and ``_save_optimizer``. Those
+names map onto this engine's own logic (resume.py decides which stored epochs are complete), not onto a second copy.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import os
 import random
 import signal
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +26,7 @@ from ..config import Config
 from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
-from ..errors import ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..log import log
 from . import checkpoints, priors, resume
 from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
@@ -74,7 +78,40 @@ def _with_unknown_kwarg() -> Dict[str, None]:
     return {f"__fwd_compatible_random_arg_{random.randint(0, 99)}": None}
 
 
-class Engine:
+class EngineBase:
+    """Mini-RETURNN's backend-independent engine part. Custom engines call ``super(Engine, self).init_train(...)`` to
+    get the datasets and learning-rate control without the model, optimizer and resume that :meth:`Engine.init_train`
+    adds; :class:`Engine` is its only implementation (the helpers used here are Engine's)."""
+
+    def init_train(self, train_data: Optional[Dataset] = None, dev_data: Optional[Dataset] = None) -> None:
+        """Datasets, final epoch and learning-rate control; checks the output files and takes the model prefix lock
+        (so a custom engine's training is as exclusive as ours)."""
+        if train_data is None and not self.config.has("train"):
+            raise ConfigError(f"Config key 'train' (the training dataset) is missing in {self.config.where()}")
+        self.train_dataset = train_data or self._dataset("train")
+        self._init_eval_datasets(dev_data)
+        self._final_epoch = self.config_get_final_epoch(self.config)
+        self.learning_rate_control = learning_rate_control_from_config(self.config)
+        self.learning_rate = self.learning_rate_control.default_learning_rate
+        check_outputs(self._train_outputs())
+        if self.model_filename and self._run_lock is None:
+            self._run_lock = ModelPrefixLock(self.model_filename)
+            self._run_lock.acquire()
+
+
+class EpochDataLoader:
+    """What ``Engine._create_data_loader`` returns: iterating it yields the batches of the engine's current epoch
+    (our batch plan, :class:`EpochBatches`), as iterating Mini-RETURNN's DataLoader does after the epoch was set."""
+
+    def __init__(self, engine: Engine, dataset: Dataset):
+        self._engine = engine
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return iter(EpochBatches(self.dataset, self._engine.epoch, self._engine._pipeline))
+
+
+class Engine(EngineBase):
     """Runs the tasks ``train``, ``eval`` and ``forward`` for one config."""
 
     FILE_POSTFIX = checkpoints.MODEL_SUFFIX
@@ -104,6 +141,11 @@ class Engine:
         self._stop_on_nonfinite = config.bool("stop_on_nonfinite_train_score", True)
         self._stop_signals = StopSignals()
         self._run_lock: Optional[ModelPrefixLock] = None
+        # Mini-RETURNN's data loader attributes, read and set by custom engines (see _create_data_loader).
+        self._train_dataloader: Optional[EpochDataLoader] = None
+        self._eval_dataloaders: Dict[str, EpochDataLoader] = {}
+        self._forward_dataloader: Optional[EpochDataLoader] = None
+        self._save_model_epoch_interval = config.int("save_interval", 1)
         # A CustomEngine may override run_train_step with or without step_idx; decided once, not per step.
         self._run_train_step_takes_step_idx = _takes_step_idx(self.run_train_step)
 
@@ -143,17 +185,10 @@ class Engine:
 
     def init_train(self, train_data: Optional[Dataset] = None, dev_data: Optional[Dataset] = None) -> None:
         """Datasets, learning-rate control, model (fresh or resumed), optimizer and step function."""
-        if train_data is None and not self.config.has("train"):
-            raise ConfigError(f"Config key 'train' (the training dataset) is missing in {self.config.where()}")
-        self.train_dataset = train_data or self._dataset("train")
-        self._init_eval_datasets(dev_data)
+        super().init_train(train_data=train_data, dev_data=dev_data)
+        self._train_dataloader = self._create_data_loader(self.train_dataset)
+        self._eval_dataloaders = {name: self._create_data_loader(ds) for name, ds in self.eval_datasets.items()}
         self._train_step_func = self._config_function("train_step", "the training step")
-        self._final_epoch = self.config_get_final_epoch(self.config)
-        self.learning_rate_control = learning_rate_control_from_config(self.config)
-        check_outputs(self._train_outputs())
-        if self.model_filename:
-            self._run_lock = ModelPrefixLock(self.model_filename)
-            self._run_lock.acquire()
         start = resume.find_train_start(self.config, self.model_filename, self.learning_rate_control)
         self._start_epoch = start.epoch
         self._load_model(epoch=start.epoch, state=start.state, init_for_train=start.epoch == 1)
@@ -168,7 +203,7 @@ class Engine:
         if self._amp_dtype == torch.float16:
             self._updater.create_grad_scaler()
         if start.optimizer_file is not None:
-            self._load_optimizer(start.optimizer_file)
+            self._load_optimizer(start.epoch, filename=start.optimizer_file)
         warn_on_low_space(self._train_outputs(), estimate_checkpoint_bytes(self._model, self._updater.optimizer))
 
     def _train_outputs(self) -> Dict[str, str]:
@@ -200,8 +235,31 @@ class Engine:
             raise ConfigError(f"num_epochs must be >= 1, got {num_epochs}")
         return num_epochs
 
-    def _load_model(self, *, epoch: int, state: Optional[Dict[str, Any]], init_for_train: bool = False) -> None:
-        """Creates the model with ``get_model(epoch=, step=)``, then loads `state` and ``preload_from_files``."""
+    def _load_model(
+        self,
+        *,
+        epoch: Optional[int],
+        state: Optional[Dict[str, Any]] = None,
+        init_for_train: Optional[bool] = None,
+        filename: Optional[str] = None,
+    ) -> None:
+        """Creates the model with ``get_model(epoch=, step=)``, then loads `state` and ``preload_from_files``.
+
+        Custom engines call it Mini-RETURNN's way, ``_load_model(epoch=, filename=)`` with what
+        :meth:`get_epoch_model` returned: the checkpoint `filename` (with or without ``.pt``) is read here; epoch
+        None takes the checkpoint's epoch; epoch 1 starts a training (step 0, ``preload_from_files`` applies), a later
+        epoch continues the checkpoint's global step so that a resumed run sees the same steps as an uninterrupted one.
+        """
+        if filename is not None and state is None:
+            print(f"Load model {filename}", file=log.v4)
+            state = checkpoints.load_model_checkpoint(checkpoints.checkpoint_file(filename))
+            if epoch is None:
+                epoch = int(state.get("epoch") or 1)
+            elif epoch == 1:
+                state = {**state, "step": 0, "epoch": 0}
+        epoch = epoch or 1
+        if init_for_train is None:
+            init_for_train = epoch == 1 and self.config.value("task", "train") == "train"
         get_model = self._config_function("get_model", "creates the model")
         step = int(state.get("step", 0)) if state is not None else 0
         self._train_step = step
@@ -230,14 +288,36 @@ class Engine:
         model.to(self._device)
         reset_run_ctx()
 
-    def _load_optimizer(self, filename: str) -> None:
+    def _load_optimizer(self, epoch: int, filename: Optional[str] = None) -> None:
+        """Restores the optimizer state stored with epoch ``epoch - 1`` (Mini-RETURNN's signature: `epoch` is the
+        epoch about to be trained), or from `filename`."""
+        if filename is None:
+            filename = checkpoints.optimizer_path(self.model_filename, epoch - 1)
+            if not os.path.isfile(filename):
+                if not self.config.bool("allow_missing_optimizer_checkpoint", False):
+                    raise CheckpointError(
+                        f"Optimizer state {filename!r} for the resumed epoch {epoch - 1} is missing "
+                        "(set allow_missing_optimizer_checkpoint = True to continue with a fresh optimizer)"
+                    )
+                print(f"WARNING: optimizer state {filename} not found, continuing with a fresh optimizer", file=log.v2)
+                return
         self._updater.load_optimizer(filename)
+
+    def _updaters(self) -> List[Updater]:
+        """The updaters of the run: ours, or the several a custom engine keeps in ``_updater`` (a dict, e.g.
+        generator and discriminator of a GAN)."""
+        if isinstance(self._updater, dict):
+            return list(self._updater.values())
+        return [self._updater] if self._updater is not None else []
 
     # ---- training ------------------------------------------------------------------------------------------------
 
     def train(self) -> None:
         """Trains epochs start..num_epochs; each: train, save, evaluate, clean up."""
         self._cleanup()  # where a stopped run left it unfinished
+        # Done in our init_train already (then a no-op); a CustomEngine's own init_train relies on this call, as in
+        # Mini-RETURNN, which checks here.
+        self._eval_missing_for_stored_epoch()
         if self._start_epoch > self._final_epoch:
             print(f"Nothing to train: epoch {self._final_epoch} is stored already.", file=log.v2)
             return
@@ -246,6 +326,7 @@ class Engine:
             with self._stop_signals:
                 for epoch in range(self._start_epoch, self._final_epoch + 1):
                     self.epoch = epoch
+                    self._seed_epoch()  # also for a CustomEngine whose init_train_epoch does not call ours
                     self.init_train_epoch()
                     self.train_epoch()
         except StopRequested as stop:
@@ -265,7 +346,12 @@ class Engine:
     def init_train_epoch(self) -> None:
         """Learning rate and seeds of the epoch (a resumed epoch sees the same random numbers)."""
         self.learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(self.epoch)
-        self._updater.set_learning_rate(self.learning_rate)
+        for updater in self._updaters():
+            updater.set_learning_rate(self.learning_rate)
+        self._seed_epoch()
+
+    def _seed_epoch(self) -> None:
+        """Seeds the random number generators from (random_seed, epoch): a resumed epoch draws the same numbers."""
         _seed_everything(self._random_seed * 1_000_003 + self.epoch)
 
     def train_epoch(self) -> None:
@@ -289,7 +375,9 @@ class Engine:
                 self._log_point(
                     tracker, "train", step_idx + 1, batches.num_batches, watch, first_step, stop_on_nonfinite
                 )
-        self._updater.apply_update()  # a partial gradient accumulation at the epoch end still counts
+        for updater in self._updaters():  # a partial gradient accumulation at the epoch end still counts
+            if hasattr(updater, "apply_update"):  # an updater written for Mini-RETURNN updates inside step()
+                updater.apply_update()
         self._log_point(tracker, "train", tracker.num_steps, batches.num_batches, None, first_step, stop_on_nonfinite)
         reset_run_ctx()
         self._finish_train_epoch(tracker, watch.elapsed())
@@ -571,12 +659,79 @@ class Engine:
         """``<model>.NNN`` of an epoch (default: the current one)."""
         return checkpoints.epoch_prefix(self.model_filename, epoch or self.epoch)
 
+    @classmethod
+    def epoch_model_filename(cls, model_filename: str, epoch: int) -> str:
+        """``<model_filename>.NNN`` (Mini-RETURNN's classmethod)."""
+        return checkpoints.epoch_prefix(model_filename, epoch)
+
+    @classmethod
+    def get_file_postfix(cls) -> str:
+        """``.pt``: what a model file adds to its ``<model>.NNN`` name."""
+        return cls.FILE_POSTFIX
+
+    def get_epoch_str(self) -> str:
+        """``epoch N``, for log lines of custom engines."""
+        return f"epoch {self.epoch}"
+
+    @classmethod
+    def get_existing_models(cls, config: Config) -> Dict[int, str]:
+        """Stored epochs of ``model``, oldest first: epoch -> ``<model>.NNN`` (complete or not; see get_epoch_model)."""
+        model = config.value("model", None)
+        if not model:
+            return {}
+        return {epoch: checkpoints.epoch_prefix(model, epoch) for epoch in sorted(checkpoints.existing_epochs(model))}
+
+    @classmethod
+    def get_epoch_model(cls, config: Config) -> Tuple[Optional[int], Optional[str]]:
+        """(epoch, ``<model>.NNN`` or checkpoint file) to start from, Mini-RETURNN's classmethod that custom engines
+        call as ``self.get_epoch_model(self.config)``; the epoch is the one stored, so training goes on with epoch + 1.
+
+        Task train takes the same decision as our own start (resume.py): ``load_epoch`` / ``start_epoch``, else the
+        newest complete stored epoch (its learning_rates entry written; a model file without it is an epoch that was
+        not finished), else ``import_model_train_epoch1`` as (0, file), else ``load`` as (None, file), else
+        (None, None) for a fresh model. Other tasks: ``load`` as (None, file; the epoch comes from the checkpoint),
+        else epoch ``load_epoch`` or the newest stored epoch of ``model``.
+        """
+        model = config.value("model", None)
+        if config.value("task", "train") != "train":
+            if config.value("load", ""):
+                return None, checkpoints.checkpoint_file(config.value("load"))
+            stored = checkpoints.existing_epochs(model) if model else {}
+            epoch = config.int("load_epoch", None) or (max(stored) if stored else None)
+            return (epoch, checkpoints.epoch_prefix(model, epoch)) if model and epoch else (None, None)
+        load_epoch = config.int("load_epoch", None)
+        if config.value("start_epoch", "auto") != "auto" and load_epoch is None:
+            load_epoch = config.int("start_epoch", 1) - 1
+        if model and load_epoch:
+            return load_epoch, checkpoints.epoch_prefix(model, load_epoch)
+        if model and load_epoch is None:
+            complete = resume.complete_epochs(model, learning_rate_control_from_config(config))
+            if complete:
+                return complete[0], checkpoints.epoch_prefix(model, complete[0])
+        if config.value("import_model_train_epoch1", ""):
+            return 0, checkpoints.checkpoint_file(config.value("import_model_train_epoch1"))
+        if config.value("load", ""):
+            return None, checkpoints.checkpoint_file(config.value("load"))
+        return None, None
+
+    def _create_data_loader(self, dataset: Dataset) -> EpochDataLoader:
+        """The batches of `dataset` for the current epoch, each time it is iterated (Mini-RETURNN's DataLoader)."""
+        return EpochDataLoader(self, dataset)
+
     def save_model(self) -> None:
         """Writes the current epoch's model file."""
         checkpoints.save_model(self.model_filename, self.epoch, self._model, self._train_step)
 
+    def _save_model(self) -> None:
+        """Alias of :meth:`save_model` for custom engines that call the private name."""
+        self.save_model()
+
+    def _check_epoch_missing_eval(self) -> None:
+        """Mini-RETURNN's name of :meth:`_eval_missing_for_stored_epoch`."""
+        self._eval_missing_for_stored_epoch()
+
     def _save_optimizer(self) -> None:
-        """Writes the current epoch's optimizer state."""
+        """Writes the current epoch's optimizer state (a custom engine with several updaters overrides this)."""
         self._updater.save_optimizer(checkpoints.optimizer_path(self.model_filename, self.epoch))
 
     def _cleanup(self) -> None:

@@ -1,9 +1,15 @@
-"""Parameter updates: optimizer from the ``optimizer`` dict, gradient accumulation, clipping, noise, AMP scaling."""
+"""Parameter updates: optimizer from the ``optimizer`` dict, gradient accumulation, clipping, noise, AMP scaling.
+
+:class:`Updater` is also ``returnn.torch.updater.Updater`` for configs: custom engines (GAN vocoders) create one per
+optimizer with Mini-RETURNN's constructor, some with a plain dict as ``config`` and some as a subclass whose own
+``__init__`` sets only Mini-RETURNN's attributes, so settings are read from either kind of config and every attribute
+the update reads has a class-level default.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -38,9 +44,12 @@ def create_optimizer(
     learning_rate: float,
     weight_decay: Optional[float] = None,
     where: str = "the config",
+    param_groups: Optional[Callable[[type, Dict[str, Any]], List[Dict[str, Any]]]] = None,
 ) -> torch.optim.Optimizer:
     """Builds the optimizer; ``epsilon`` is accepted for ``eps``; unknown or unusable arguments are an error naming
-    them (`where` names the config file for the message)."""
+    them (`where` names the config file for the message). `param_groups(optimizer class, options)` gives the
+    parameter groups (Mini-RETURNN's ``Updater._get_optimizer_param_groups``, which custom updaters override);
+    default: one group with all parameters of `model`."""
     if not isinstance(options, dict):
         raise ConfigError(f"'optimizer' must be a dict like {{'class': 'adam'}}, got {options!r}")
     options = dict(options)  # the config's dict stays untouched (it may be read again)
@@ -67,8 +76,9 @@ def create_optimizer(
         raise ConfigError(
             f"Optimizer {cls.__name__} does not take {', '.join(unknown)}; it takes: {', '.join(accepted)}"
         )
+    groups = param_groups(cls, options) if param_groups is not None else [{"params": list(model.parameters())}]
     try:
-        optimizer = cls([{"params": list(model.parameters())}], lr=learning_rate * multiplier, **options)
+        optimizer = cls(groups, lr=learning_rate * multiplier, **options)
     except (TypeError, ValueError) as exc:
         raise _optimizer_argument_error(cls, options, exc, where, lr=learning_rate * multiplier) from None
     optimizer.lr_multiplier = multiplier  # type: ignore[attr-defined]
@@ -120,41 +130,84 @@ def _make_grad_scaler(device_type: str) -> Optional[Any]:
     return None
 
 
+def _option(config: Any, key: str, default: Any, convert: Callable[[Any], Any]) -> Any:
+    """`key` of the runtime Config or of a plain dict (custom engines give each optimizer its own dict)."""
+    if isinstance(config, dict):
+        value = config.get(key)
+        return default if value is None else convert(value)
+    return config.int(key, default) if convert is int else config.float(key, default)
+
+
+def _where(config: Any) -> str:
+    return config.where() if hasattr(config, "where") else "the updater dict"
+
+
 class Updater:
-    """Backward, gradient accumulation over ``accum_grad_multiple_step`` steps, clipping, noise, optimizer step."""
+    """Backward, gradient accumulation over ``accum_grad_multiple_step`` steps, clipping, noise, optimizer step.
+
+    `config` is the runtime Config or, for an engine with several optimizers, a dict with the same keys
+    (``optimizer``, ``gradient_clip``, ``gradient_clip_norm``, ``accum_grad_multiple_step``, ``weight_decay``, ...).
+    """
+
+    # Defaults for subclasses whose own __init__ (written for Mini-RETURNN) sets only Mini-RETURNN's attributes.
+    optimizer: Optional[torch.optim.Optimizer] = None
+    _grad_scaler: Optional[Any] = None
+    _grad_clip: Optional[float] = None
+    _grad_clip_norm: Optional[float] = None
+    _grad_clip_norm_invalid_gradient_threshold = 3
+    _grad_noise: Optional[float] = None
+    _accum_grad_multiple_step = 1
+    _num_invalid_gradients = 0
+    _pending_grads = False
+    num_skipped_updates = 0
 
     def __init__(self, *, config: Any, network: torch.nn.Module, device: str, initial_learning_rate: float = 1.0):
         self.config = config
         self.network = network
         self._device = device
         self.learning_rate = initial_learning_rate
-        self._grad_clip = config.float("gradient_clip", None)
-        self._grad_clip_norm = config.float("gradient_clip_norm", None)
-        self._invalid_gradient_limit = config.int("gradient_clip_norm_invalid_gradient_threshold", 3)
-        self._grad_noise = config.float("gradient_noise", None)
-        self._accum_grad_multiple_step = config.int("accum_grad_multiple_step", 1)
+        self._grad_clip = _option(config, "gradient_clip", None, float)
+        self._grad_clip_norm = _option(config, "gradient_clip_norm", None, float)
+        self._grad_clip_norm_invalid_gradient_threshold = _option(
+            config, "gradient_clip_norm_invalid_gradient_threshold", 3, int
+        )
+        self._grad_noise = _option(config, "gradient_noise", None, float)
+        self._accum_grad_multiple_step = _option(config, "accum_grad_multiple_step", 1, int)
         if self._accum_grad_multiple_step < 1:
             raise ConfigError(f"accum_grad_multiple_step must be >= 1, got {self._accum_grad_multiple_step}")
         self._num_invalid_gradients = 0
         self._pending_grads = False
         self.num_skipped_updates = 0
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self._grad_scaler: Optional[Any] = None
+        self.optimizer = None
+        self._grad_scaler = None
 
     def create_optimizer(self) -> None:
         """Builds the optimizer from the ``optimizer`` and ``weight_decay`` keys."""
-        options = self.config.typed_value("optimizer")
+        config = self.config
+        options = config.get("optimizer") if isinstance(config, dict) else config.typed_value("optimizer")
         if options is None:
             raise ConfigError(
-                f"Config key 'optimizer' is required for training (e.g. {{'class': 'adam'}}) in {self.config.where()}"
+                f"Config key 'optimizer' is required for training (e.g. {{'class': 'adam'}}) in {_where(config)}"
             )
-        self.optimizer = create_optimizer(
-            options,
+        self.optimizer = self._create_optimizer(options)
+
+    def _create_optimizer(self, optimizer_opts: Any) -> torch.optim.Optimizer:
+        """The optimizer for `optimizer_opts` (Mini-RETURNN's name, which custom updaters call): a dict with
+        ``class``, or an optimizer instance, taken as it is."""
+        if isinstance(optimizer_opts, torch.optim.Optimizer):
+            return optimizer_opts
+        return create_optimizer(
+            optimizer_opts,
             self.network,
             learning_rate=self.learning_rate,
-            weight_decay=self.config.float("weight_decay", None),
-            where=self.config.where(),
+            weight_decay=_option(self.config, "weight_decay", None, float),
+            where=_where(self.config),
+            param_groups=self._get_optimizer_param_groups,
         )
+
+    def _get_optimizer_param_groups(self, optim_class: type, optimizer_opts: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """The optimizer's parameter groups: one with all parameters (custom updaters override this)."""
+        return [{"params": list(self.network.parameters())}]
 
     def create_grad_scaler(self) -> None:
         """Enables loss scaling (float16 AMP)."""
@@ -202,7 +255,7 @@ class Updater:
             else:
                 self._num_invalid_gradients += 1
                 self.num_skipped_updates += 1
-                if self._num_invalid_gradients >= self._invalid_gradient_limit:
+                if self._num_invalid_gradients >= self._grad_clip_norm_invalid_gradient_threshold:
                     raise RuntimeError(f"Got {self._num_invalid_gradients} non-finite gradient norms in a row")
         if self._grad_scaler is not None:
             if valid:

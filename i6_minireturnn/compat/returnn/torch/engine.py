@@ -1,5 +1,6 @@
-"""``returnn.torch.engine``: ``Engine``, to subclass as ``CustomEngine`` in configs."""
+"""``returnn.torch.engine``: ``Engine``, to subclass as ``CustomEngine`` in configs (``EngineBase`` is what
+``super(Engine, self)`` reaches)."""
 
-from i6_minireturnn.engine.engine import Engine  # noqa: F401
+from i6_minireturnn.engine.engine import Engine, EngineBase  # noqa: F401
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "EngineBase"]
