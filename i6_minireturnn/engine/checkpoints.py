@@ -93,10 +93,13 @@ def load_model_checkpoint(path: str) -> Dict[str, Any]:
     return state
 
 
-def save_model(model_prefix: str, epoch: int, model: torch.nn.Module, step: int) -> str:
-    """Writes ``<model>.NNN.pt``; returns its path."""
+def save_model(
+    model_prefix: str, epoch: int, model: torch.nn.Module, step: int, extra: Optional[Dict[str, Any]] = None
+) -> str:
+    """Writes ``<model>.NNN.pt`` (RETURNN's ``model``, ``epoch``, ``step``, plus `extra` entries that readers of
+    RETURNN checkpoints ignore); returns its path."""
     path = model_path(model_prefix, epoch)
-    save_torch_atomic({"model": model.state_dict(), "epoch": epoch, "step": step}, path)
+    save_torch_atomic({"model": model.state_dict(), "epoch": epoch, "step": step, **(extra or {})}, path)
     print(f"Saved model {path}", file=log.v4)
     return path
 

@@ -202,6 +202,7 @@ class Engine(EngineBase):
         self._updater.create_optimizer()
         if self._amp_dtype == torch.float16:
             self._updater.create_grad_scaler()
+            self._updater.load_grad_scaler_state((start.state or {}).get("grad_scaler"))
         if start.optimizer_file is not None:
             self._load_optimizer(start.epoch, filename=start.optimizer_file)
         warn_on_low_space(self._train_outputs(), estimate_checkpoint_bytes(self._model, self._updater.optimizer))
@@ -720,7 +721,9 @@ class Engine(EngineBase):
 
     def save_model(self) -> None:
         """Writes the current epoch's model file."""
-        checkpoints.save_model(self.model_filename, self.epoch, self._model, self._train_step)
+        scaler_state = self._updater.grad_scaler_state() if isinstance(self._updater, Updater) else None
+        extra = {"grad_scaler": scaler_state} if scaler_state is not None else None
+        checkpoints.save_model(self.model_filename, self.epoch, self._model, self._train_step, extra=extra)
 
     def _save_model(self) -> None:
         """Alias of :meth:`save_model` for custom engines that call the private name."""

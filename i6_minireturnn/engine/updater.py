@@ -213,6 +213,16 @@ class Updater:
         """Enables loss scaling (float16 AMP)."""
         self._grad_scaler = _make_grad_scaler(torch.device(self._device).type)
 
+    def grad_scaler_state(self) -> Optional[Dict[str, Any]]:
+        """The float16 loss scale and its counters (stored with the epoch, so a resumed run scales as the
+        uninterrupted one); None without loss scaling."""
+        return self._grad_scaler.state_dict() if self._grad_scaler is not None else None
+
+    def load_grad_scaler_state(self, state: Optional[Dict[str, Any]]) -> None:
+        """Restores :meth:`grad_scaler_state` where both the checkpoint and this run scale the loss."""
+        if state and self._grad_scaler is not None:
+            self._grad_scaler.load_state_dict(state)
+
     def set_learning_rate(self, value: float) -> None:
         """Sets the learning rate of all parameter groups (times the optimizer's ``learning_rate_multiplier``)."""
         self.learning_rate = value

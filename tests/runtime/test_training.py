@@ -249,3 +249,26 @@ def test_newbob_decays_from_dev_score(tmp_path, run_cli):
     assert code == 0, err
     data = read_learning_rate_file(str(tmp_path / "out/learning_rates"))
     assert [data[e].learning_rate for e in (1, 2, 3)] == [0.01, 0.01, 0.005]
+
+
+def test_float16_loss_scale_is_stored_with_the_epoch_and_resumed(tmp_path, run_cli):
+    # A resumed float16 run must scale its losses as the uninterrupted one: the scale grows or shrinks in training.
+    config = write_config(tmp_path, 'torch_amp_options = {"dtype": "float16"}\n')
+    code, _, err = run_cli(config, "++num_epochs", "1")
+    assert code == 0, err
+    first = torch.load(tmp_path / "out/model.001.pt", weights_only=False)
+    if "grad_scaler" not in first:  # this torch has no float16 loss scaler for the CPU: nothing to store
+        pytest.skip("no float16 gradient scaler for the CPU in this torch version")
+    assert first["grad_scaler"]["scale"] > 0
+    from i6_minireturnn.config import Config
+    from i6_minireturnn.engine.engine import Engine
+
+    resumed = Config()
+    resumed.load_file(str(config))
+    resumed.set("num_epochs", 2)
+    engine = Engine(resumed)
+    engine.init_train()
+    try:
+        assert engine._updater.grad_scaler_state()["scale"] == first["grad_scaler"]["scale"]
+    finally:
+        engine.close()
