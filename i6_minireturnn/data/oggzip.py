@@ -58,7 +58,7 @@ class OggZipDataset(Dataset):
         self._zips: Dict[int, zipfile.ZipFile] = {}
         self._pid: Optional[int] = None
         if self.audio is not None:
-            dim = self.audio.num_feature_filters
+            dim = self.audio.feature_dim  # with deltas and joined frames
             self.data_keys["data"] = DataKey("data", dim, "float32", shape=(dim,))
         if self.targets is not None:
             self.data_keys["classes"] = DataKey("classes", self.targets.num_labels, "int32", sparse=True)
@@ -147,7 +147,7 @@ class OggZipDataset(Dataset):
                 samples, rate = soundfile.read(io.BytesIO(raw), dtype="float32")
             except Exception as exc:
                 raise DataError(f"{where}: cannot read audio {entry['_member']!r}: {exc}") from None
-            result["data"] = self.audio(samples, rate, where=where)
+            result["data"] = self.audio(samples, rate, where=where, seq_name=self._tag(entry))
         if self.targets is not None:
             result["classes"] = self._target(corpus_idx)
         return result
