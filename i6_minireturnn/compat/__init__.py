@@ -24,8 +24,8 @@ _TARGET = __name__ + ".returnn"
 PROVIDED: Dict[str, str] = {
     "returnn": "the package",
     "returnn.torch": "package",
-    "returnn.torch.context": "get_run_ctx, RunCtx, Loss",
-    "returnn.torch.engine": "Engine (subclass it as CustomEngine), EngineBase",
+    "returnn.torch.context": "get_run_ctx, RunCtx, Loss, _run_ctx (set by export scripts)",
+    "returnn.torch.engine": "Engine (subclass it as CustomEngine), EngineBase, TrainCtx (import only)",
     "returnn.torch.updater": "Updater (one per optimizer in custom engines), get_optimizer_class",
     "returnn.torch.util": "package (Mini-RETURNN ships only diagnose_gpu)",
     "returnn.torch.util.diagnose_gpu": "print_available_devices, print_using_cuda_device_report, diagnose_no_gpu",

@@ -26,9 +26,13 @@ class RunCtx:
     """Where we are: ``stage`` is ``"load"`` (get_model), ``"train_step"`` (train and eval) or ``"forward_step"``.
 
     Hooks may attach their own attributes (writers, buffers): they live as long as the context.
+    ``engine`` and ``epoch`` may be left out (None), as export and test scripts written for early Mini-RETURNN do
+    with ``RunCtx(stage="forward_step", device="cpu")``.
     """
 
-    def __init__(self, *, stage: str, device: str, engine: Any, epoch: int, global_step: int = 0):
+    def __init__(
+        self, *, stage: str, device: str, engine: Any = None, epoch: Optional[int] = None, global_step: int = 0
+    ):
         self._stage = stage
         self._device = device
         self._engine = engine
@@ -52,13 +56,18 @@ class RunCtx:
         return self._engine
 
     @property
-    def epoch(self) -> int:
-        """The epoch being trained, evaluated or forwarded."""
+    def epoch(self) -> Optional[int]:
+        """The epoch being trained, evaluated or forwarded (None for a context built outside the engine without one)."""
         return self._epoch
 
     @property
     def global_step(self) -> int:
         """Number of training steps done before this one."""
+        return self._global_step
+
+    @property
+    def step(self) -> int:
+        """Alias of :attr:`global_step` (a name some model files use)."""
         return self._global_step
 
     def init_step(self, global_step: int) -> None:
