@@ -203,7 +203,7 @@ class Config:
             return default
         if isinstance(value, (list, tuple)):
             value = value[index]
-        parsed = _parse_bool(value)
+        parsed = parse_bool(value)
         if parsed is None:
             raise self.type_error(key, value, "a bool")
         return parsed
@@ -213,7 +213,7 @@ class Config:
         value = self.typed_value(key, _NOT_SET)
         if value is _NOT_SET:
             return default
-        parsed = _parse_bool(value)
+        parsed = parse_bool(value)
         return value if parsed is None else parsed
 
     def is_true(self, key: str, default: bool = False) -> bool:
@@ -338,7 +338,8 @@ def _parse_override(value: str, previous: Any) -> Any:
         return value
 
 
-def _parse_bool(value: Any) -> Optional[bool]:
+def parse_bool(value: Any) -> Optional[bool]:
+    """The bool a config value stands for (also 0 / 1 and 'true' / 'false' strings); None where it stands for none."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):

@@ -18,6 +18,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Sequence
 
+from .config import parse_bool
 from .engine.learning_rate_control import CONTROL_TYPE_NAMES
 from .errors import ConfigError
 
@@ -81,21 +82,6 @@ def _as_number(value: Any, *, strings: bool = True) -> Optional[float]:
     else:
         return None
     return None if math.isnan(number) else number
-
-
-def _as_bool(value: Any) -> Optional[bool]:
-    """The bool `value` stands for, as ``config.bool`` reads it (also 0 / 1 and 'true' / 'false' strings)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "yes", "on", "1"):
-            return True
-        if lowered in ("false", "no", "off", "0", "none"):
-            return False
-    return None
 
 
 def _range_text(minimum: Optional[float], maximum: Optional[float], *, above: bool = False) -> str:
@@ -166,7 +152,7 @@ def boolean(*, strict: bool = False) -> Rule:
     """True / False (unless `strict`, also 0 / 1 and 'true' / 'false', as ``config.bool`` reads them)."""
 
     def check(value: Any) -> None:
-        if (not isinstance(value, bool)) if strict else _as_bool(value) is None:
+        if (not isinstance(value, bool)) if strict else parse_bool(value) is None:
             raise _Mismatch("True or False", value)
 
     check.expected = "True or False"  # type: ignore[attr-defined]
@@ -373,7 +359,7 @@ def _chunking_options(value: Any) -> None:
 def _cleanup_old_models(value: Any) -> None:
     """``True`` / ``False`` or ``{"keep": [epochs], "keep_last_n": n, "keep_best_n": n}``."""
     if not isinstance(value, dict):
-        if _as_bool(value) is None:
+        if parse_bool(value) is None:
             raise _Mismatch("True, False or a dict {'keep': [...], 'keep_last_n': n, 'keep_best_n': n}", value)
         return
     epochs = integer(1, floats=False, strings=False)
