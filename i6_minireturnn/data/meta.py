@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .dataset import DataKey, Dataset, read_tag_list
 from .registry import init_dataset
+from .seq_order import interleave_order
 from .vocabulary import read_literal_file
 
 
@@ -209,6 +210,26 @@ class CombinedDataset(_Concatenated):
             sub = subs[name].data_keys[key]
             self.data_keys.setdefault(out, DataKey(out, sub.dim, sub.dtype, sub.sparse, sub.shape))
             self.maps[name][key] = out
+        if self.seq_ordering == "interleave" and self.partition_epoch != 1:
+            raise ConfigError(
+                f"CombinedDataset {self.name!r}: seq_ordering 'interleave' takes no partition_epoch (as in RETURNN); "
+                "set partition_epoch on the sub-datasets instead"
+            )
+
+    def init_seq_order(self, epoch=None, seq_list=None, seq_order=None) -> bool:
+        """``interleave``: each sub-dataset in its own order, mixed evenly (see :func:`interleave_order`); other
+        orderings sort the joint corpus as in RETURNN."""
+        if self.seq_ordering != "interleave" or seq_list is not None or seq_order is not None:
+            return super().init_seq_order(epoch, seq_list=seq_list, seq_order=seq_order)
+        self.epoch = epoch or 1
+        for part in self.parts:
+            part.init_seq_order(self.epoch)
+        by_key = sorted(range(len(self.parts)), key=lambda i: self.names[i])  # RETURNN numbers parts by sorted key
+        self._epoch_order = [
+            int(self._offsets[by_key[p]]) + self.parts[by_key[p]].corpus_index(k)
+            for p, k in interleave_order([self.parts[i].num_seqs for i in by_key])
+        ]
+        return True
 
     def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         dataset, idx = self._locate(corpus_idx)

@@ -6,6 +6,7 @@ import importlib
 from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
+from ..log import log
 from .dataset import Dataset, check_dataset_kwargs
 
 # class name -> module (relative to this package) that defines it; imported on first use
@@ -48,6 +49,8 @@ def init_dataset(opts: Any, *, name: Optional[str] = None) -> Dataset:
         raise ConfigError(f"Dataset {name!r} must be a dict with a 'class' entry, got {type(opts).__name__}")
     if "class" not in opts:
         raise ConfigError(f"Dataset {name!r} has no 'class' entry: {opts!r}")
+    if opts["class"] == "MultiProcDataset":
+        return init_dataset(unwrap_multi_proc_dataset(opts, name=name), name=name)
     kwargs = dict(opts)
     cls_name = kwargs.pop("class")
     cls = cls_name if isinstance(cls_name, type) else get_dataset_class(cls_name)
@@ -57,3 +60,28 @@ def init_dataset(opts: Any, *, name: Optional[str] = None) -> Dataset:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"Dataset {name!r} ({cls.__name__}): {exc}") from None
+
+
+# MultiProcDataset options that only tune RETURNN's worker processes
+_MULTI_PROC_ONLY = ("num_workers", "buffer_size", "sharding_method")
+
+
+def unwrap_multi_proc_dataset(opts: Dict[str, Any], *, name: Optional[str] = None) -> Dict[str, Any]:
+    """The inner ``dataset`` dict of RETURNN's ``MultiProcDataset``: this runtime loads in parallel in its own
+    pipeline, so the wrapper adds nothing. Its worker options are ignored; any other option becomes a default of the
+    inner dataset (as in RETURNN), so unknown names still fail there."""
+    kwargs = dict(opts)
+    kwargs.pop("class")
+    inner = kwargs.pop("dataset", None)
+    if not isinstance(inner, dict):
+        raise ConfigError(f"Dataset {name!r} (MultiProcDataset) needs 'dataset', a dataset dict; got {inner!r}")
+    ignored = {key: kwargs.pop(key) for key in _MULTI_PROC_ONLY if key in kwargs}
+    inner = dict(inner)
+    for key, value in kwargs.items():
+        inner.setdefault(key, value)
+    print(
+        f"Dataset {name!r}: MultiProcDataset uses its inner dataset directly (ignored: {ignored}); "
+        "loading runs in this runtime's data pipeline",
+        file=log.v4,
+    )
+    return inner
