@@ -8,10 +8,10 @@ import socket
 import sys
 import time
 import traceback
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 from . import __version__, compat
-from .config import Config, set_global_config
+from .config import Config, load_config, set_global_config, split_args
 from .config_keys import check_unsupported_keys
 from .config_validation import validate_config
 from .engine.stop_signals import StopRequested
@@ -22,28 +22,6 @@ USAGE = """usage: python -m i6_minireturnn CONFIG [CONFIG ...] [++key value | --
 
 Runs a RETURNN / Mini-RETURNN style config (task train, eval, forward or compute_priors).
 Values given on the command line are parsed as Python literals where possible and override the config files."""
-
-
-def split_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Leading arguments are config files; from the first ``++``/``--`` on, key/value overrides."""
-    files: List[str] = []
-    for i, arg in enumerate(argv):
-        if arg.startswith(("+", "-")):
-            return files, list(argv[i:])
-        files.append(arg)
-    return files, []
-
-
-def load_config(files: Sequence[str], overrides: Sequence[str]) -> Config:
-    """Reads the config files; overrides are applied before (so config code can see them) and after."""
-    if not files:
-        raise ConfigError("No config file given.\n" + USAGE)
-    config = Config()
-    config.parse_cmd_args(overrides)
-    for filename in files:
-        config.load_file(filename)
-    config.parse_cmd_args(overrides)
-    return config
 
 
 def init_log(config: Config) -> None:
@@ -88,8 +66,6 @@ def execute_task(config: Config, engine) -> None:
         engine.init_eval()
         engine.eval_model()
     elif task == "forward":
-        if config.has("epoch"):
-            config.set("load_epoch", config.int("epoch"))
         engine.init_forward()
         engine.forward()
     elif task == "compute_priors":
@@ -110,12 +86,14 @@ def execute_task(config: Config, engine) -> None:
 def run(argv: Sequence[str]) -> None:
     """Loads the config and runs its task; raises on error."""
     files, overrides = split_args(argv)
+    if not files:
+        raise ConfigError("No config file given.\n" + USAGE)
     compat.install()  # before the config runs: it may import returnn.* names
     config = load_config(files, overrides)
     compat.check_step_functions(config)
     set_global_config(config)
     init_log(config)
-    from .engine.engine import resolve_device
+    from .engine.device import resolve_device
 
     print_greeting(config, argv, resolve_device(config))
     config.check_misspelt_keys()

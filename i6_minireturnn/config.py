@@ -9,7 +9,7 @@ import os
 import re
 import traceback
 import types
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config_keys import KNOWN_CONFIG_KEYS
 from .errors import ConfigError
@@ -311,9 +311,29 @@ class Config:
         """User keys that nothing read so far (reported at the end of a run)."""
         return sorted(k for k in self.user_keys() if k not in self._read_keys and k not in KNOWN_CONFIG_KEYS)
 
-    def mark_read(self, keys: Iterable[str]) -> None:
-        """Marks keys as used (e.g. keys read by dataset code from the dict)."""
-        self._read_keys.update(keys)
+
+def split_args(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(config files, overrides) of a command line: leading arguments are config files; from the first ``++`` or
+    ``--`` argument on, key/value overrides."""
+    files: List[str] = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(("+", "-")):
+            return files, list(argv[i:])
+        files.append(arg)
+    return files, []
+
+
+def load_config(files: Sequence[str], overrides: Sequence[str] = ()) -> Config:
+    """Reads the config files in order; the overrides are applied before (so config code can see them) and after
+    (so they win over the files)."""
+    if not files:
+        raise ConfigError("No config file given")
+    config = Config()
+    config.parse_cmd_args(overrides)
+    for filename in files:
+        config.load_file(filename)
+    config.parse_cmd_args(overrides)
+    return config
 
 
 def _looks_line_based(content: str) -> bool:

@@ -14,9 +14,12 @@ import importlib.machinery
 import inspect
 import sys
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 _TARGET = __name__ + ".returnn"
 
@@ -134,10 +137,10 @@ def uninstall() -> None:
     _saved_modules.clear()
 
 
-def check_step_functions(config: Any) -> None:
+def check_step_functions(config: Config) -> None:
     """Step functions written for RETURNN mainline (taking ``extern_data``) fail here with one clear message."""
     for key in ("train_step", "forward_step"):
-        func = config.typed_dict.get(key)
+        func = config.typed_value(key, None)
         if callable(func):
             try:
                 params = inspect.signature(func).parameters
@@ -150,8 +153,3 @@ def check_step_functions(config: Any) -> None:
 def installed() -> bool:
     """Whether the compat names are active."""
     return _finder is not None
-
-
-def provided_names() -> List[str]:
-    """The supported ``returnn`` modules and what they offer, one line each."""
-    return [f"{name}: {what}" for name, what in PROVIDED.items()]

@@ -2,36 +2,40 @@
 
 Read :func:`Engine.train_epoch` top to bottom for the training loop; features enter through small methods.
 Attribute and method names follow Mini-RETURNN because ``CustomEngine`` subclasses in existing configs use them:
-GAN vocoder setups call ``super(Engine, self).init_train(...)`` (hence :class:`EngineBase`), build their own
+GAN vocoder setups call ``super(Engine, self).init_train(...)`` (hence ``EngineBase``), build their own
 ``Updater`` per optimizer (so ``_updater`` may be a dict of them), and call ``_create_data_loader``,
 ``get_epoch_model``, ``_load_model(epoch=, filename=)``, ``_load_optimizer(epoch)`` and ``_save_optimizer``. Those
-names map onto this engine's own logic (resume.py decides which stored epochs are complete), not onto a second copy.
+names map onto this engine's own logic (resume.py decides which stored epochs are complete), not onto a second copy;
+the ones that are only translations live in mini_returnn_names.py. Training and evaluation share one step loop
+(:meth:`Engine._step_loop`); what a pass prints is reporting.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import inspect
 import os
 import random
 import signal
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..config import Config
 from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError
 from ..log import log
 from . import checkpoints, priors, resume
+from .device import autocast, read_amp_dtype, resolve_device, seed_everything
+from .inference import forward_dataset_options, inference_checkpoint, use_forward_epoch_as_load_epoch
 from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
 from .loss_tracker import LossTracker, Stopwatch
+from .mini_returnn_names import EngineBase, EpochDataLoader, MiniReturnnEngineNames
 from .output_checks import check_outputs, estimate_checkpoint_bytes, warn_on_low_space
+from .reporting import LoopReport, format_losses, hms
 from .run_ctx import (
     Loss,
     RunCtx,
@@ -47,74 +51,13 @@ from .updater import Updater
 StepResult = Tuple[torch.Tensor, Dict[str, Loss]]
 
 
-def resolve_device(config: Config) -> str:
-    """``device`` = cpu | cuda | cuda:N | gpu (alias of cuda); default: cuda where available, else cpu."""
-    device = config.value("device", None)
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "gpu":
-        device = "cuda"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device {config.value('device')!r} requested in {config.where()}, but no CUDA GPU is available "
-                f"(torch {torch.__version__}, built with CUDA: {torch.version.cuda or 'no'}). Use device = 'cpu'."
-            )
-        return device
-    if device != "cpu":
-        raise ConfigError(f"Unknown device {device!r} in {config.where()}; use 'cpu', 'cuda' or 'gpu'")
-    return device
-
-
-def _seed_everything(seed: int) -> None:
-    seed %= 2**31
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def _with_unknown_kwarg() -> Dict[str, None]:
     # Step functions must take **kwargs so that new arguments can be added later (Mini-RETURNN's rule).
     return {f"__fwd_compatible_random_arg_{random.randint(0, 99)}": None}
 
 
-class EngineBase:
-    """Mini-RETURNN's backend-independent engine part. Custom engines call ``super(Engine, self).init_train(...)`` to
-    get the datasets and learning-rate control without the model, optimizer and resume that :meth:`Engine.init_train`
-    adds; :class:`Engine` is its only implementation (the helpers used here are Engine's)."""
-
-    def init_train(self, train_data: Optional[Dataset] = None, dev_data: Optional[Dataset] = None) -> None:
-        """Datasets, final epoch and learning-rate control; checks the output files and takes the model prefix lock
-        (so a custom engine's training is as exclusive as ours)."""
-        if train_data is None and not self.config.has("train"):
-            raise ConfigError(f"Config key 'train' (the training dataset) is missing in {self.config.where()}")
-        self.train_dataset = train_data or self._dataset("train")
-        self._init_eval_datasets(dev_data)
-        self._final_epoch = self.config_get_final_epoch(self.config)
-        self.learning_rate_control = learning_rate_control_from_config(self.config)
-        self.learning_rate = self.learning_rate_control.default_learning_rate
-        check_outputs(self._train_outputs())
-        if self.model_filename and self._run_lock is None:
-            self._run_lock = ModelPrefixLock(self.model_filename)
-            self._run_lock.acquire()
-
-
-class EpochDataLoader:
-    """What ``Engine._create_data_loader`` returns: iterating it yields the batches of the engine's current epoch
-    (our batch plan, :class:`EpochBatches`), as iterating Mini-RETURNN's DataLoader does after the epoch was set."""
-
-    def __init__(self, engine: Engine, dataset: Dataset):
-        self._engine = engine
-        self.dataset = dataset
-
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        return iter(EpochBatches(self.dataset, self._engine.epoch, self._engine._pipeline))
-
-
-class Engine(EngineBase):
-    """Runs the tasks ``train``, ``eval`` and ``forward`` for one config."""
-
-    FILE_POSTFIX = checkpoints.MODEL_SUFFIX
+class Engine(EngineBase, MiniReturnnEngineNames):
+    """Runs the tasks ``train``, ``eval``, ``forward`` and ``compute_priors`` for one config."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -126,7 +69,7 @@ class Engine(EngineBase):
         self._updater: Optional[Updater] = None
         self._train_step_func: Optional[Callable] = None
         self._forward_step_func: Optional[Callable] = None
-        self._amp_dtype = self._read_amp_dtype()
+        self._amp_dtype = read_amp_dtype(config)
         self._start_epoch = 1
         self._final_epoch = 1
         self.learning_rate = 0.0
@@ -138,7 +81,6 @@ class Engine(EngineBase):
         self._log_step_interval = max(1, config.int("log_step_interval", 50))
         self._progress_interval = config.float("log_progress_interval", 60.0)
         self._random_seed = config.int("random_seed", 42)
-        self._stop_on_nonfinite = config.bool("stop_on_nonfinite_train_score", True)
         self._stop_signals = StopSignals()
         self._run_lock: Optional[ModelPrefixLock] = None
         # Mini-RETURNN's data loader attributes, read and set by custom engines (see _create_data_loader).
@@ -156,20 +98,6 @@ class Engine(EngineBase):
             self._run_lock = None
 
     # ---- setup ---------------------------------------------------------------------------------------------------
-
-    def _read_amp_dtype(self) -> Optional[torch.dtype]:
-        options = self.config.typed_value("torch_amp_options", None)
-        if options is None:
-            return None
-        dtype = options.get("dtype") if isinstance(options, dict) else options
-        if dtype not in ("float16", "bfloat16"):
-            raise ConfigError(f"torch_amp_options dtype must be 'float16' or 'bfloat16', got {dtype!r}")
-        return getattr(torch, dtype)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self._device).type, dtype=self._amp_dtype)
 
     def _config_function(self, key: str, purpose: str) -> Callable:
         func = self.config.typed_value(key)
@@ -265,7 +193,7 @@ class Engine(EngineBase):
         step = int(state.get("step", 0)) if state is not None else 0
         self._train_step = step
         self.epoch = epoch
-        _seed_everything(self._random_seed * 27644437 + epoch * 193939 + step * 19937 + 479001599)
+        seed_everything(self._random_seed * 27644437 + epoch * 193939 + step * 19937 + 479001599)
         init_load_run_ctx(device=self._device, engine=self, epoch=epoch, global_step=step)
         model = get_model(epoch=epoch, step=step, **_with_unknown_kwarg())
         if not isinstance(model, torch.nn.Module):
@@ -353,40 +281,60 @@ class Engine(EngineBase):
 
     def _seed_epoch(self) -> None:
         """Seeds the random number generators from (random_seed, epoch): a resumed epoch draws the same numbers."""
-        _seed_everything(self._random_seed * 1_000_003 + self.epoch)
+        seed_everything(self._random_seed * 1_000_003 + self.epoch)
 
     def train_epoch(self) -> None:
         """One epoch: steps over the training data, then save, evaluate and clean up."""
         print(f"start epoch {self.epoch} with learning rate {self.learning_rate} ...", file=log.v3)
         batches = EpochBatches(self.train_dataset, self.epoch, self._pipeline)
-        stop_on_nonfinite = self._stop_on_nonfinite
-        tracker = LossTracker(self._device, keep_step_values=log.verbose[5], skip_nonfinite=not stop_on_nonfinite)
+        skip_nonfinite = any(getattr(updater, "skip_nonfinite", False) for updater in self._updaters())
+        tracker = LossTracker(self._device, keep_step_values=log.verbose[5], skip_nonfinite=skip_nonfinite)
+        report = self._loop_report("train", batches, stop_on_nonfinite=not skip_nonfinite)
         self._model.train()
         run_ctx = init_train_step_run_ctx(
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
-        first_step, watch = self._train_step, Stopwatch()
-        for step_idx, data in enumerate(batches):
-            step_start = time.monotonic()
-            run_ctx.init_step(self._train_step)
-            total_loss, losses = self._run_train_step(data, run_ctx, step_idx)
-            tracker.add(losses, total_loss, global_step=self._train_step, step_time=time.monotonic() - step_start)
-            self._train_step += 1
-            if (step_idx + 1) % self._log_step_interval == 0:
-                self._log_point(
-                    tracker, "train", step_idx + 1, batches.num_batches, watch, first_step, stop_on_nonfinite
-                )
+        self._step_loop(batches, self._train_one_step, run_ctx, tracker, report)
         for updater in self._updaters():  # a partial gradient accumulation at the epoch end still counts
             if hasattr(updater, "apply_update"):  # an updater written for Mini-RETURNN updates inside step()
                 updater.apply_update()
-        self._log_point(tracker, "train", tracker.num_steps, batches.num_batches, None, first_step, stop_on_nonfinite)
         reset_run_ctx()
-        self._finish_train_epoch(tracker, watch.elapsed())
+        self._finish_train_epoch(tracker, report.watch.elapsed())
+
+    def _loop_report(self, name: str, batches: EpochBatches, *, stop_on_nonfinite: bool = False) -> LoopReport:
+        return LoopReport(
+            name=name,
+            epoch=self.epoch,
+            num_batches=batches.num_batches,
+            device=self._device,
+            step_interval=self._log_step_interval,
+            progress_interval=self._progress_interval,
+            stop_on_nonfinite=stop_on_nonfinite,
+            first_global_step=self._train_step if name == "train" else 0,
+        )
+
+    def _step_loop(
+        self,
+        batches: EpochBatches,
+        run_step: Callable[[Dict[str, Any], RunCtx, int], StepResult],
+        run_ctx: RunCtx,
+        tracker: LossTracker,
+        report: LoopReport,
+    ) -> None:
+        """The loop of training and evaluation: `run_step` per batch, losses summed on the device, log points."""
+        for step_idx, data in enumerate(batches):
+            step_start = time.monotonic()
+            run_ctx.init_step(self._train_step)
+            total_loss, losses = run_step(data, run_ctx, step_idx)
+            step_time = time.monotonic() - step_start
+            tracker.add(losses, total_loss, global_step=report.first_global_step + step_idx, step_time=step_time)
+            report.after_step(tracker, step_idx + 1)
+        report.finish(tracker)
 
     def _finish_train_epoch(self, tracker: LossTracker, seconds: float) -> None:
         means = tracker.means()
         skipped = tracker.nonfinite()[0] if tracker.skip_nonfinite else 0
-        summary = f"epoch {self.epoch}: trained {tracker.num_steps} steps in {seconds:.1f}s, " + _format_losses(means)
+        summary = f"epoch {self.epoch}: trained {tracker.num_steps} steps in {seconds:.1f}s, " + format_losses(means)
         if skipped:
             summary += f", {skipped} step(s) with non-finite loss skipped"
         print(summary, file=log.v2)
@@ -404,56 +352,24 @@ class Engine(EngineBase):
         interval = self.config.int("save_interval", 1)
         return bool(self.model_filename) and (epoch % max(interval, 1) == 0 or epoch == self._final_epoch)
 
-    def _run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int) -> StepResult:
-        """Calls :func:`run_train_step` (which a CustomEngine may override, with or without `step_idx`)."""
+    def _train_one_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int) -> StepResult:
+        """:meth:`run_train_step` (which a CustomEngine may override, with or without `step_idx`), then the global
+        step counts on."""
         if self._run_train_step_takes_step_idx:
-            return self.run_train_step(data, run_ctx, step_idx)
-        return self.run_train_step(data, run_ctx)
+            result = self.run_train_step(data, run_ctx, step_idx)
+        else:
+            result = self.run_train_step(data, run_ctx)
+        self._train_step += 1
+        return result
 
     def run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int = 0) -> StepResult:
         """Runs ``train_step`` and the parameter update; returns (total loss, losses by name)."""
         data = self.move_data_to_device(data)
-        with self._autocast():
+        with autocast(self._device, self._amp_dtype):
             self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
         total_loss = run_ctx.total_loss()
-        if not self._stop_on_nonfinite and not bool(
-            torch.isfinite(total_loss.detach())
-        ):  # syncs; only in this opt-in mode
-            self._updater.skip_step(step_idx)
-        else:
-            self._updater.step(total_loss, step_idx)
+        self._updater.step(total_loss, step_idx)
         return total_loss, run_ctx.losses
-
-    def _log_point(
-        self,
-        tracker: LossTracker,
-        what: str,
-        steps_done: int,
-        num_batches: Optional[int],
-        watch: Optional[Stopwatch],
-        first_step: int,
-        stop_on_nonfinite: bool,
-    ) -> None:
-        """Where the host reads device values: step lines (verbosity 5), non-finite check, progress with ETA."""
-        for step, step_time, values in tracker.pop_step_lines():
-            line = f"{what} epoch {self.epoch} step {step}, step time {step_time:.3f}s, {_format_losses(values)}"
-            if self._device.startswith("cuda"):
-                line += f", GPU mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-            print(line, file=log.v5)
-        if stop_on_nonfinite and what == "train":
-            count, first = tracker.nonfinite()
-            if count:
-                raise TrainingError(
-                    f"Non-finite training loss in epoch {self.epoch}, step {first_step + first}; stopped without "
-                    "saving this epoch (set stop_on_nonfinite_train_score = False to skip such steps)"
-                )
-        if watch is not None and log.verbose[3] and watch.due(self._progress_interval):
-            elapsed = watch.elapsed()
-            progress = f"{what} epoch {self.epoch}: step {steps_done}"
-            if num_batches:
-                eta = elapsed / steps_done * (num_batches - steps_done)
-                progress += f"/{num_batches} ({100.0 * steps_done / num_batches:.0f}%), ETA {_hms(eta)}"
-            print(f"{progress}, elapsed {_hms(elapsed)}, {_format_losses(tracker.means())}", file=log.v3)
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
 
@@ -469,31 +385,30 @@ class Engine(EngineBase):
             run_ctx = init_train_step_run_ctx(
                 device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
             )
-            tracker, watch = LossTracker(self._device, keep_step_values=log.verbose[5]), Stopwatch()
             batches = EpochBatches(dataset, self.epoch, self._pipeline)
+            tracker = LossTracker(self._device, keep_step_values=log.verbose[5])
+            report = self._loop_report(f"eval {name}", batches)
             with torch.no_grad():
-                for step_idx, data in enumerate(batches):
-                    step_start = time.monotonic()
-                    run_ctx.init_step(self._train_step)
-                    total_loss, losses = self.run_eval_step(data, run_ctx)
-                    tracker.add(losses, total_loss, global_step=step_idx, step_time=time.monotonic() - step_start)
-                    if (step_idx + 1) % self._log_step_interval == 0:
-                        self._log_point(tracker, f"eval {name}", step_idx + 1, batches.num_batches, watch, 0, False)
-            self._log_point(tracker, f"eval {name}", tracker.num_steps, batches.num_batches, None, 0, False)
+                self._step_loop(batches, self._eval_one_step, run_ctx, tracker, report)
             reset_run_ctx()
             scores = {f"{name}_loss_{loss}": value for loss, value in tracker.means().items()}
             results[name] = scores
-            print(f"epoch {self.epoch} eval {name}: {_format_losses(scores)} ({watch.elapsed():.1f}s)", file=log.v2)
+            print(
+                f"epoch {self.epoch} eval {name}: {format_losses(scores)} ({report.watch.elapsed():.1f}s)", file=log.v2
+            )
             if self.learning_rate_control is not None:
                 self.learning_rate_control.set_epoch_error(self.epoch, scores)
                 self.learning_rate_control.save()
         self._model.train()
         return results
 
+    def _eval_one_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int) -> StepResult:
+        return self.run_eval_step(data, run_ctx)
+
     def run_eval_step(self, data: Dict[str, Any], run_ctx: RunCtx) -> StepResult:
         """Runs ``train_step`` without an update; returns (total loss, losses by name)."""
         data = self.move_data_to_device(data)
-        with self._autocast():
+        with autocast(self._device, self._amp_dtype):
             self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
         return run_ctx.total_loss(), run_ctx.losses
 
@@ -527,32 +442,15 @@ class Engine(EngineBase):
 
     def init_forward(self, forward_data: Optional[Dataset] = None) -> None:
         """Task forward: the ``forward`` dataset (or ``forward_data``), checkpoint and ``forward_step``."""
-        self.forward_dataset = forward_data or self._forward_dataset()
+        use_forward_epoch_as_load_epoch(self.config)
+        self.forward_dataset = forward_data or self._dataset(*forward_dataset_options(self.config))
         self._forward_step_func = self._config_function("forward_step", "the forward step")
         self._load_model_for_inference()
-
-    def _forward_dataset(self) -> Dataset:
-        """``forward`` (Mini-RETURNN), else ``forward_data``: a dataset dict, or as in RETURNN the name of another
-        dataset key (``forward_data = "dev"``)."""
-        if self.config.has("forward"):
-            return self._dataset("forward")
-        if not self.config.has("forward_data"):
-            raise ConfigError(f"Task forward needs the dataset 'forward' (or 'forward_data') in {self.config.where()}")
-        opts = self.config.typed_value("forward_data")
-        if not isinstance(opts, str):
-            return self._dataset("forward_data", opts)
-        named = self.config.typed_value(opts, None) if opts != "forward_data" else None
-        if not isinstance(named, dict):
-            raise ConfigError(
-                f"forward_data = {opts!r} in {self.config.where()} names no dataset: set it to a dataset dict "
-                "or to the name of a config key holding one (e.g. 'dev')"
-            )
-        return self._dataset(opts, named)
 
     def _load_model_for_inference(self) -> None:
         """Loads ``load``, or epoch ``load_epoch`` of ``model``, or the newest stored epoch of ``model``; with none
         of them and ``allow_random_model_init`` (i6_core's forward job without a checkpoint), a fresh model."""
-        path = self._inference_checkpoint()
+        path = inference_checkpoint(self.config, self.model_filename)
         if path is None:
             print("No checkpoint given: allow_random_model_init, the model keeps its initial parameters", file=log.v2)
             self._load_model(epoch=1, state=None)
@@ -561,23 +459,6 @@ class Engine(EngineBase):
             state = checkpoints.load_model_checkpoint(path)
             self._load_model(epoch=int(state.get("epoch") or 1), state=state)
         self._start_epoch = self._final_epoch = self.epoch
-
-    def _inference_checkpoint(self) -> Optional[str]:
-        """The checkpoint file to load, or None where ``allow_random_model_init`` permits a fresh model."""
-        if self.config.value("load", ""):
-            return checkpoints.checkpoint_file(self.config.value("load"))
-        if self.model_filename and self.config.has("load_epoch"):
-            return checkpoints.checkpoint_file(
-                checkpoints.model_path(self.model_filename, self.config.int("load_epoch"))
-            )
-        if self.model_filename and checkpoints.existing_epochs(self.model_filename):
-            return list(checkpoints.existing_epochs(self.model_filename).values())[-1]
-        if self.config.bool("allow_random_model_init", False):
-            return None
-        raise ConfigError(
-            f"No model to load: set 'load' (a checkpoint file) or 'model' in {self.config.where()} "
-            "(or allow_random_model_init = True to run a freshly initialised model)"
-        )
 
     def forward(self) -> None:
         """Runs ``forward_step`` over the forward dataset, between ``forward_init_hook`` and ``forward_finish_hook``."""
@@ -606,7 +487,7 @@ class Engine(EngineBase):
                 num_steps += 1
                 if log.verbose[3] and watch.due(self._progress_interval):
                     print(
-                        f"forward: step {num_steps}/{batches.num_batches or '?'}, {_hms(watch.elapsed())}", file=log.v3
+                        f"forward: step {num_steps}/{batches.num_batches or '?'}, {hms(watch.elapsed())}", file=log.v3
                     )
         if finish_hook is not None:
             finish_hook(run_ctx, **_with_unknown_kwarg())
@@ -643,7 +524,7 @@ class Engine(EngineBase):
     def run_forward_step(self, data: Dict[str, Any], run_ctx: RunCtx) -> None:
         """Runs ``forward_step`` on one batch."""
         data = self.move_data_to_device(data)
-        with self._autocast():
+        with autocast(self._device, self._amp_dtype):
             self._forward_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
 
     # ---- files ---------------------------------------------------------------------------------------------------
@@ -656,65 +537,6 @@ class Engine(EngineBase):
             for k, v in data.items()
         }
 
-    def get_epoch_model_filename(self, epoch: Optional[int] = None) -> str:
-        """``<model>.NNN`` of an epoch (default: the current one)."""
-        return checkpoints.epoch_prefix(self.model_filename, epoch or self.epoch)
-
-    @classmethod
-    def epoch_model_filename(cls, model_filename: str, epoch: int) -> str:
-        """``<model_filename>.NNN`` (Mini-RETURNN's classmethod)."""
-        return checkpoints.epoch_prefix(model_filename, epoch)
-
-    @classmethod
-    def get_file_postfix(cls) -> str:
-        """``.pt``: what a model file adds to its ``<model>.NNN`` name."""
-        return cls.FILE_POSTFIX
-
-    def get_epoch_str(self) -> str:
-        """``epoch N``, for log lines of custom engines."""
-        return f"epoch {self.epoch}"
-
-    @classmethod
-    def get_existing_models(cls, config: Config) -> Dict[int, str]:
-        """Stored epochs of ``model``, oldest first: epoch -> ``<model>.NNN`` (complete or not; see get_epoch_model)."""
-        model = config.value("model", None)
-        if not model:
-            return {}
-        return {epoch: checkpoints.epoch_prefix(model, epoch) for epoch in sorted(checkpoints.existing_epochs(model))}
-
-    @classmethod
-    def get_epoch_model(cls, config: Config) -> Tuple[Optional[int], Optional[str]]:
-        """(epoch, ``<model>.NNN`` or checkpoint file) to start from, Mini-RETURNN's classmethod that custom engines
-        call as ``self.get_epoch_model(self.config)``; the epoch is the one stored, so training goes on with epoch + 1.
-
-        Task train takes the same decision as our own start (resume.py): ``load_epoch`` / ``start_epoch``, else the
-        newest complete stored epoch (its learning_rates entry written; a model file without it is an epoch that was
-        not finished), else ``import_model_train_epoch1`` as (0, file), else ``load`` as (None, file), else
-        (None, None) for a fresh model. Other tasks: ``load`` as (None, file; the epoch comes from the checkpoint),
-        else epoch ``load_epoch`` or the newest stored epoch of ``model``.
-        """
-        model = config.value("model", None)
-        if config.value("task", "train") != "train":
-            if config.value("load", ""):
-                return None, checkpoints.checkpoint_file(config.value("load"))
-            stored = checkpoints.existing_epochs(model) if model else {}
-            epoch = config.int("load_epoch", None) or (max(stored) if stored else None)
-            return (epoch, checkpoints.epoch_prefix(model, epoch)) if model and epoch else (None, None)
-        load_epoch = config.int("load_epoch", None)
-        if config.value("start_epoch", "auto") != "auto" and load_epoch is None:
-            load_epoch = config.int("start_epoch", 1) - 1
-        if model and load_epoch:
-            return load_epoch, checkpoints.epoch_prefix(model, load_epoch)
-        if model and load_epoch is None:
-            complete = resume.complete_epochs(model, learning_rate_control_from_config(config))
-            if complete:
-                return complete[0], checkpoints.epoch_prefix(model, complete[0])
-        if config.value("import_model_train_epoch1", ""):
-            return 0, checkpoints.checkpoint_file(config.value("import_model_train_epoch1"))
-        if config.value("load", ""):
-            return None, checkpoints.checkpoint_file(config.value("load"))
-        return None, None
-
     def _create_data_loader(self, dataset: Dataset) -> EpochDataLoader:
         """The batches of `dataset` for the current epoch, each time it is iterated (Mini-RETURNN's DataLoader)."""
         return EpochDataLoader(self, dataset)
@@ -724,14 +546,6 @@ class Engine(EngineBase):
         scaler_state = self._updater.grad_scaler_state() if isinstance(self._updater, Updater) else None
         extra = {"grad_scaler": scaler_state} if scaler_state is not None else None
         checkpoints.save_model(self.model_filename, self.epoch, self._model, self._train_step, extra=extra)
-
-    def _save_model(self) -> None:
-        """Alias of :meth:`save_model` for custom engines that call the private name."""
-        self.save_model()
-
-    def _check_epoch_missing_eval(self) -> None:
-        """Mini-RETURNN's name of :meth:`_eval_missing_for_stored_epoch`."""
-        self._eval_missing_for_stored_epoch()
 
     def _save_optimizer(self) -> None:
         """Writes the current epoch's optimizer state (a custom engine with several updaters overrides this)."""
@@ -755,12 +569,3 @@ def _takes_step_idx(method: Callable) -> bool:
     if any(p.kind == p.VAR_POSITIONAL for p in params):
         return True
     return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 3
-
-
-def _format_losses(values: Dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.5g}" for name, value in sorted(values.items())) or "no losses"
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..atomic_file import write_text_atomic
 from ..config import Config
 from ..errors import CheckpointError
 from ..log import log
 from . import checkpoints
-from .learning_rate_control import LearningRateControl
+from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
 
 
 @dataclass
@@ -124,3 +124,35 @@ def datasets_missing_eval(lr_control: LearningRateControl, stored_epoch: int, ev
         return []
     errors = lr_control.get_epoch_error_dict(stored_epoch)
     return [name for name in eval_names if not any(key.startswith(f"{name}_loss_") for key in errors)]
+
+
+def epoch_model_to_load(config: Config) -> Tuple[Optional[int], Optional[str]]:
+    """(epoch, ``<model>.NNN`` or checkpoint file) a run starts from, as Mini-RETURNN's ``Engine.get_epoch_model``
+    answers custom engines; the epoch is the one stored, so training goes on with epoch + 1.
+
+    Task train takes the same decision as :func:`find_train_start`: ``load_epoch`` / ``start_epoch``, else the newest
+    complete stored epoch, else ``import_model_train_epoch1`` as (0, file), else ``load`` as (None, file), else
+    (None, None) for a fresh model. Other tasks: ``load`` as (None, file; the epoch comes from the checkpoint), else
+    epoch ``load_epoch`` or the newest stored epoch of ``model``.
+    """
+    model = config.value("model", None)
+    if config.value("task", "train") != "train":
+        if config.value("load", ""):
+            return None, checkpoints.checkpoint_file(config.value("load"))
+        stored = checkpoints.existing_epochs(model) if model else {}
+        epoch = config.int("load_epoch", None) or (max(stored) if stored else None)
+        return (epoch, checkpoints.epoch_prefix(model, epoch)) if model and epoch else (None, None)
+    load_epoch = config.int("load_epoch", None)
+    if config.value("start_epoch", "auto") != "auto" and load_epoch is None:
+        load_epoch = config.int("start_epoch", 1) - 1
+    if model and load_epoch:
+        return load_epoch, checkpoints.epoch_prefix(model, load_epoch)
+    if model and load_epoch is None:
+        complete = complete_epochs(model, learning_rate_control_from_config(config))
+        if complete:
+            return complete[0], checkpoints.epoch_prefix(model, complete[0])
+    if config.value("import_model_train_epoch1", ""):
+        return 0, checkpoints.checkpoint_file(config.value("import_model_train_epoch1"))
+    if config.value("load", ""):
+        return None, checkpoints.checkpoint_file(config.value("load"))
+    return None, None

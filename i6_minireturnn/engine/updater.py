@@ -9,13 +9,16 @@ the update reads has a class-level default.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 
+from ..config import Config
 from ..errors import ConfigError
 from ..log import log
 from .checkpoints import load_file, save_torch_atomic
+
+UpdaterConfig = Union[Config, Dict[str, Any]]
 
 
 def optimizer_classes() -> Dict[str, type]:
@@ -130,15 +133,17 @@ def _make_grad_scaler(device_type: str) -> Optional[Any]:
     return None
 
 
-def _option(config: Any, key: str, default: Any, convert: Callable[[Any], Any]) -> Any:
+def _option(config: UpdaterConfig, key: str, default: Any, convert: Callable[[Any], Any]) -> Any:
     """`key` of the runtime Config or of a plain dict (custom engines give each optimizer its own dict)."""
     if isinstance(config, dict):
         value = config.get(key)
         return default if value is None else convert(value)
+    if convert is bool:
+        return config.bool(key, default)
     return config.int(key, default) if convert is int else config.float(key, default)
 
 
-def _where(config: Any) -> str:
+def _where(config: UpdaterConfig) -> str:
     return config.where() if hasattr(config, "where") else "the updater dict"
 
 
@@ -147,6 +152,9 @@ class Updater:
 
     `config` is the runtime Config or, for an engine with several optimizers, a dict with the same keys
     (``optimizer``, ``gradient_clip``, ``gradient_clip_norm``, ``accum_grad_multiple_step``, ``weight_decay``, ...).
+    It owns what a step with a non-finite loss does: with ``stop_on_nonfinite_train_score = False`` such a step is
+    left out of the update (:attr:`skip_nonfinite`); otherwise it is applied and the engine stops at its next log
+    point.
     """
 
     # Defaults for subclasses whose own __init__ (written for Mini-RETURNN) sets only Mini-RETURNN's attributes.
@@ -160,8 +168,11 @@ class Updater:
     _num_invalid_gradients = 0
     _pending_grads = False
     num_skipped_updates = 0
+    skip_nonfinite = False
 
-    def __init__(self, *, config: Any, network: torch.nn.Module, device: str, initial_learning_rate: float = 1.0):
+    def __init__(
+        self, *, config: UpdaterConfig, network: torch.nn.Module, device: str, initial_learning_rate: float = 1.0
+    ):
         self.config = config
         self.network = network
         self._device = device
@@ -175,6 +186,7 @@ class Updater:
         self._accum_grad_multiple_step = _option(config, "accum_grad_multiple_step", 1, int)
         if self._accum_grad_multiple_step < 1:
             raise ConfigError(f"accum_grad_multiple_step must be >= 1, got {self._accum_grad_multiple_step}")
+        self.skip_nonfinite = not _option(config, "stop_on_nonfinite_train_score", True, bool)
         self._num_invalid_gradients = 0
         self._pending_grads = False
         self.num_skipped_updates = 0
@@ -236,6 +248,9 @@ class Updater:
 
     def step(self, loss: torch.Tensor, step_idx: int) -> None:
         """Back-propagates `loss`; updates the parameters every ``accum_grad_multiple_step`` steps."""
+        if self.skip_nonfinite and not bool(torch.isfinite(loss.detach())):  # syncs; only in this opt-in mode
+            self.skip_step(step_idx)
+            return
         if self._grad_scaler is not None:
             self._grad_scaler.scale(loss).backward()
         else:

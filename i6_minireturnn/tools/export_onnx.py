@@ -35,9 +35,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from ..__main__ import load_config
 from ..atomic_file import TEMP_MARKER, commit_temp, disk_full_error, make_output_folder
-from ..config import Config, set_global_config
+from ..config import Config, load_config, set_global_config
 from ..engine import checkpoints
 from ..engine.run_ctx import init_load_run_ctx, reset_run_ctx
 from ..errors import CheckpointError, ConfigError, UserError

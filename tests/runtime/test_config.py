@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from i6_minireturnn.__main__ import load_config, split_args
-from i6_minireturnn.config import Config
+from i6_minireturnn.config import Config, load_config, split_args
 from i6_minireturnn.errors import ConfigError
 
 
