@@ -27,3 +27,7 @@ class OutputPathError(UserError):
 
 class DiskFullError(UserError):
     """Writing an output file failed because the disk or the quota is full; the message names the file."""
+
+
+class FileFormatError(UserError):
+    """A file in one of RETURNN's on-disk formats (e.g. the learning_rates file) cannot be read; names the file."""

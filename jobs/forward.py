@@ -6,20 +6,25 @@ import copy
 import os
 import shutil
 import subprocess
-import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from i6_core.returnn.config import ReturnnConfig
 from i6_core.returnn.training import PtCheckpoint
 from sisyphus import Job, Task, tk
 
-from .launch import annotate_config, runtime_command, runtime_env
+from .launch import python_executable, refuse_job_controlled_keys, runtime_command, runtime_env, write_runtime_config
 
-JOB_CONTROLLED_KEYS = {"device": "device", "log_verbosity": "log_verbosity", "load": "model_checkpoint"}
+# Keys the job sets itself: a config that sets them gets an error saying what to use instead.
+JOB_CONTROLLED_KEYS = {
+    "device": "use its argument device",
+    "log_verbosity": "use its argument log_verbosity",
+    "load": "use its argument model_checkpoint",
+}
 
 
 class MiniReturnnForwardJob(Job):
-    """Forwards a dataset through a trained model with the config's ``forward_step`` and hooks."""
+    """Forwards a dataset through a trained model with the config's ``forward_step`` and hooks, in one process (one
+    GPU or the CPU): the forward hooks write their files from that one process."""
 
     def __init__(
         self,
@@ -45,9 +50,7 @@ class MiniReturnnForwardJob(Job):
         :param cpu_rqmt: CPU cores
         :param python_exe: Python to run the runtime with (not hashed)
         """
-        for key, argument in JOB_CONTROLLED_KEYS.items():
-            if returnn_config.config.get(key) is not None or (returnn_config.post_config or {}).get(key) is not None:
-                raise ValueError(f"returnn_config sets {key!r}, which MiniReturnnForwardJob controls: use {argument}")
+        refuse_job_controlled_keys(returnn_config, JOB_CONTROLLED_KEYS, "MiniReturnnForwardJob")
         self.model_checkpoint = model_checkpoint
         self.output_files = list(output_files)
         self.python_exe = python_exe
@@ -63,23 +66,20 @@ class MiniReturnnForwardJob(Job):
         self.out_files = {name: self.output_path(name) for name in self.output_files}
         self.rqmt = {"gpu": 1 if device == "gpu" else 0, "cpu": cpu_rqmt, "mem": mem_rqmt, "time": time_rqmt}
 
-    def tasks(self):
+    def tasks(self) -> Iterator[Task]:
         yield Task("create_files", mini_task=True)
         yield Task("run", rqmt=self.rqmt)
 
-    def create_files(self):
+    def create_files(self) -> None:
         """Writes the config, with ``load`` pointing at the checkpoint."""
         config = copy.deepcopy(self.returnn_config)
         config.post_config["load"] = str(self.model_checkpoint)
-        config.write(self.out_returnn_config_file.get_path())
-        annotate_config(self.out_returnn_config_file.get_path())
+        write_runtime_config(config, self.out_returnn_config_file.get_path())
 
-    def run(self):
+    def run(self) -> None:
         """Forwards, then moves every declared output into place; a missing one fails the job, naming it."""
-        python = self.python_exe.get_path() if self.python_exe is not None else sys.executable
-        subprocess.check_call(
-            runtime_command(python, self.out_returnn_config_file.get_path()), env=runtime_env(self.rqmt["cpu"])
-        )
+        command = runtime_command(python_executable(self.python_exe), self.out_returnn_config_file.get_path())
+        subprocess.check_call(command, env=runtime_env(self.rqmt["cpu"]))
         missing = [name for name in self.output_files if not os.path.exists(name)]
         if missing:
             raise FileNotFoundError(f"The forward hooks did not write the declared output(s): {missing}")

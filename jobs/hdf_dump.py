@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 from i6_core.returnn.config import ReturnnConfig
 from sisyphus import Job, Task, tk
 
-from .launch import annotate_config, runtime_env
+from .launch import python_executable, runtime_env, write_runtime_config
 
 
 class HdfDumpJob(Job):
@@ -44,13 +43,13 @@ class HdfDumpJob(Job):
         self.out_hdf = self.output_path("data.hdf")
         self.rqmt = {"cpu": cpu_rqmt, "mem": mem_rqmt, "time": time_rqmt}
 
-    def tasks(self):
+    def tasks(self) -> Iterator[Task]:
         yield Task("run", rqmt=self.rqmt)
 
-    def run(self):
-        self.returnn_config.write(self.out_returnn_config_file.get_path())
-        annotate_config(self.out_returnn_config_file.get_path())
-        python = self.python_exe.get_path() if self.python_exe is not None else sys.executable
+    def run(self) -> None:
+        """Writes the dataset config, then dumps the dataset with ``python -m i6_minireturnn.tools.hdf_dump``."""
+        write_runtime_config(self.returnn_config, self.out_returnn_config_file.get_path())
+        python = python_executable(self.python_exe)
         command = [python, "-m", "i6_minireturnn.tools.hdf_dump", self.out_returnn_config_file.get_path()]
         subprocess.check_call(command + [self.out_hdf.get_path()], env=runtime_env(self.rqmt["cpu"]))
 

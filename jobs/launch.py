@@ -1,23 +1,58 @@
-"""How jobs start the runtime on a node: the package next to ``jobs/`` on PYTHONPATH, thread counts, version note."""
+"""What every job does to run the runtime: refuse config keys the job sets itself, write the config with a version
+note, and start the package next to ``jobs/`` (PYTHONPATH, Python executable, thread counts, torchrun)."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
-from typing import Dict, List, Optional
+import sys
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
+
+from .distributed import ProcessLayout, Rendezvous, ShellExpr, torchrun_arguments
+
+if TYPE_CHECKING:
+    from i6_core.returnn.config import ReturnnConfig
+    from sisyphus import tk
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEARNING_RATE_FILE = "learning_rates"
 
 
-def runtime_command(python: str, config_file: str, num_processes: Optional[int] = None) -> List[str]:
-    """``python -m i6_minireturnn CONFIG``, or through torch.distributed.run for several processes."""
-    if num_processes and num_processes > 1:
-        return [
-            python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
-            "-m", "i6_minireturnn", config_file,
-        ]  # fmt: skip
-    return [python, "-m", "i6_minireturnn", config_file]
+def refuse_job_controlled_keys(returnn_config: ReturnnConfig, controlled: Mapping[str, str], job_name: str) -> None:
+    """A ValueError for the first key of `controlled` that the config or post_config sets: the job sets it itself,
+    and the message (``controlled[key]``) says what to use instead."""
+    post_config = returnn_config.post_config or {}
+    for key, instead in controlled.items():
+        if returnn_config.config.get(key) is not None or post_config.get(key) is not None:
+            raise ValueError(f"returnn_config sets {key!r}, which {job_name} controls: {instead}")
+
+
+def python_executable(python_exe: Optional[tk.Path]) -> str:
+    """The Python that runs the runtime: the job's `python_exe`, else the one running Sisyphus."""
+    return python_exe.get_path() if python_exe is not None else sys.executable
+
+
+def write_runtime_config(returnn_config: ReturnnConfig, path: str) -> None:
+    """Writes the config the runtime reads, with the version note of :func:`annotate_config`."""
+    returnn_config.write(path)
+    annotate_config(path)
+
+
+def runtime_command(
+    python: str, config_file: str, layout: Optional[ProcessLayout] = None, rendezvous: Optional[Rendezvous] = None
+) -> List[str]:
+    """``python -m i6_minireturnn CONFIG``, or through torch.distributed.run for several processes (`layout`); several
+    nodes need this node's `rendezvous`."""
+    command = ["-m", "i6_minireturnn", config_file]
+    if layout is not None and layout.distributed:
+        return [python, "-m", "torch.distributed.run", *torchrun_arguments(layout, rendezvous), *command]
+    return [python, *command]
+
+
+def shell_command(command: Sequence[str]) -> str:
+    """The command as one shell line; :class:`~jobs.distributed.ShellExpr` arguments are written as they are."""
+    return " ".join(c if isinstance(c, ShellExpr) else shlex.quote(c) for c in command)
 
 
 def runtime_env(cpus: int) -> Dict[str, str]:

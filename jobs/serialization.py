@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Union
 from sisyphus.delayed_ops import DelayedBase
 from sisyphus.hash import short_hash, sis_hash_helper
 
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .launch import PACKAGE_ROOT
 
 
 class SerializerObject(DelayedBase):
@@ -269,7 +269,7 @@ class Collection(DelayedBase):
 
     def get(self) -> str:
         paths = [PACKAGE_ROOT] + self.extra_paths + _recipe_paths()
-        content = ["import os\nimport sys\n"] + [f"sys.path.insert(0, {p!r})\n" for p in reversed(paths)]
+        content = ["import sys\n"] + [f"sys.path.insert(0, {p!r})\n" for p in reversed(paths)]
         return "".join(content + [obj.get() for obj in self.serializer_objects])
 
     def _sis_hash(self) -> bytes:

@@ -1,38 +1,52 @@
-"""MiniReturnnTrainingJob: trains a Mini-RETURNN config with the runtime that lives next to this package."""
+"""MiniReturnnTrainingJob: trains a Mini-RETURNN config with the runtime that lives next to this package, in one
+process or, through torchrun, in several on one or more nodes (see :mod:`jobs.distributed`)."""
 
 from __future__ import annotations
 
 import copy
 import os
-import shlex
 import stat
 import subprocess
-import sys
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
 from i6_core.returnn.config import ReturnnConfig
 from i6_core.returnn.training import PtCheckpoint
 from sisyphus import Job, Task, tk
 from sisyphus import global_settings as gs
 
-from i6_minireturnn.engine.learning_rate_control import read_learning_rate_file
-from i6_minireturnn.errors import ConfigError
+from i6_minireturnn.errors import FileFormatError
+from i6_minireturnn.file_formats import model_path, read_learning_rate_file
 
-from .launch import LEARNING_RATE_FILE, annotate_config, runtime_command, runtime_env
+from .distributed import Rendezvous, process_layout, requirements, slurm_rendezvous, slurm_rendezvous_in_script
+from .launch import (
+    LEARNING_RATE_FILE,
+    python_executable,
+    refuse_job_controlled_keys,
+    runtime_command,
+    runtime_env,
+    shell_command,
+    write_runtime_config,
+)
 
-# Keys the job sets itself: a config that sets them gets an error naming the job argument to use.
+# Keys the job sets itself: a config that sets them gets an error saying what to use instead.
 JOB_CONTROLLED_KEYS = {
-    "num_epochs": "num_epochs",
-    "device": "device",
-    "log_verbosity": "log_verbosity",
-    "model": "(the job's out_model_dir)",
-    "save_interval": "save_interval",
+    "num_epochs": "use its argument num_epochs",
+    "device": "use its argument device",
+    "log_verbosity": "use its argument log_verbosity",
+    "model": "it stores the checkpoints in its out_model_dir",
+    "save_interval": "use its argument save_interval",
 }
+# The checkpoints are out_model_dir/epoch.NNN.pt, as i6_core's training job names them.
+MODEL_PREFIX = "epoch"
 
 
 class MiniReturnnTrainingJob(Job):
     """Trains with ``python -m i6_minireturnn returnn.config``; a rerun (or a restart after preemption) continues
-    from the newest checkpoint. Outputs are those of i6_core's torch training job, so downstream jobs take them."""
+    from the newest checkpoint. Outputs are those of i6_core's torch training job, so downstream jobs take them.
+
+    Several processes (``num_processes`` or i6_core's ``horovod_num_processes``, on one node or, with
+    ``multi_node_slots``, on several) are started with torchrun and train with torch.distributed; the arguments,
+    requirements and the multi-node rendezvous are described in :mod:`jobs.distributed`."""
 
     def __init__(
         self,
@@ -47,6 +61,10 @@ class MiniReturnnTrainingJob(Job):
         mem_rqmt: float = 4,
         cpu_rqmt: int = 2,
         num_processes: Optional[int] = None,
+        distributed_launch_cmd: str = "torchrun",
+        horovod_num_processes: Optional[int] = None,
+        multi_node_slots: Optional[int] = None,
+        rendezvous_port: Optional[int] = None,
         python_exe: Optional[tk.Path] = None,
         returnn_python_exe: Optional[tk.Path] = None,
     ):
@@ -64,23 +82,36 @@ class MiniReturnnTrainingJob(Job):
         :param time_rqmt: hours per run
         :param mem_rqmt: GB of memory per process
         :param cpu_rqmt: CPU cores per process (also OMP_NUM_THREADS / MKL_NUM_THREADS)
-        :param num_processes: several GPU processes launched with torch.distributed.run
+        :param num_processes: the number of processes in all (one GPU each), launched with torch.distributed.run when
+            more than one; the post_config then gets ``torch_distributed = {}`` unless the config sets it. Hashed (it
+            changes the effective batch)
+        :param distributed_launch_cmd: i6_core's argument; only "torchrun" (the default here) is supported. Not hashed
+        :param horovod_num_processes: i6_core's name for num_processes (give one of them); hashed as num_processes
+        :param multi_node_slots: spread the processes evenly over this many nodes (i6_core's argument): the
+            requirements are per node, and the rendezvous of the nodes comes from Slurm, see :mod:`jobs.distributed`.
+            Not hashed (the same training, laid out differently)
+        :param rendezvous_port: the rendezvous port of a multi-node training (default: one derived from the Slurm job
+            id); not hashed
         :param python_exe: Python to run the runtime with (default: the manager's); not hashed
         :param returnn_python_exe: i6_core's name for python_exe, so that existing setups switch by changing the
             class name (and dropping returnn_root); not hashed
         """
-        for key, argument in JOB_CONTROLLED_KEYS.items():
-            if returnn_config.config.get(key) is not None or (returnn_config.post_config or {}).get(key) is not None:
-                raise ValueError(
-                    f"returnn_config sets {key!r}, which MiniReturnnTrainingJob controls: use its argument {argument}"
-                )
+        refuse_job_controlled_keys(returnn_config, JOB_CONTROLLED_KEYS, "MiniReturnnTrainingJob")
         if device not in ("gpu", "cpu"):
             raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
+        self.layout = process_layout(
+            num_processes=num_processes,
+            horovod_num_processes=horovod_num_processes,
+            multi_node_slots=multi_node_slots,
+            distributed_launch_cmd=distributed_launch_cmd,
+        )
         self.num_epochs = num_epochs
         self.save_interval = save_interval
         self.keep_epochs = sorted(set(keep_epochs)) if keep_epochs is not None else None
         self.device = device
-        self.num_processes = num_processes
+        self.num_processes = num_processes if num_processes is not None else horovod_num_processes
+        self.multi_node_slots = multi_node_slots
+        self.rendezvous_port = rendezvous_port
         self.python_exe = python_exe or returnn_python_exe
         self.returnn_config = self.create_returnn_config(
             returnn_config,
@@ -89,6 +120,7 @@ class MiniReturnnTrainingJob(Job):
             num_epochs=num_epochs,
             save_interval=save_interval,
             keep_epochs=self.keep_epochs,
+            num_processes=self.layout.num_processes,
         )
 
         self.out_returnn_config_file = self.output_path("returnn.config")
@@ -96,18 +128,20 @@ class MiniReturnnTrainingJob(Job):
         self.out_model_dir = self.output_path("models", directory=True)
         stored = [e for e in range(1, num_epochs + 1) if e % save_interval == 0 or e == num_epochs]
         kept = stored if self.keep_epochs is None else [e for e in stored if e in self.keep_epochs or e == num_epochs]
-        self.out_checkpoints = {e: PtCheckpoint(self.output_path(f"models/epoch.{e:03d}.pt")) for e in kept}
+        self.out_checkpoints = {
+            e: PtCheckpoint(self.output_path(model_path(f"models/{MODEL_PREFIX}", e))) for e in kept
+        }
         self.out_plot_se = self.output_path("score_and_error.png")
         self.out_plot_lr = self.output_path("learning_rate.png")
-        self.returnn_config.post_config["model"] = os.path.join(self.out_model_dir.get_path(), "epoch")
-
-        processes = num_processes or 1
-        self.rqmt = {
-            "gpu": processes if device == "gpu" else 0,
-            "cpu": cpu_rqmt * processes,
-            "mem": mem_rqmt * processes,
-            "time": time_rqmt,
-        }
+        self.returnn_config.post_config["model"] = os.path.join(self.out_model_dir.get_path(), MODEL_PREFIX)
+        self.rqmt = requirements(
+            self.layout,
+            device=device,
+            cpu_rqmt=cpu_rqmt,
+            mem_rqmt=mem_rqmt,
+            time_rqmt=time_rqmt,
+            multi_node_slots=multi_node_slots,
+        )
 
     @classmethod
     def create_returnn_config(
@@ -119,8 +153,10 @@ class MiniReturnnTrainingJob(Job):
         num_epochs: int,
         save_interval: int,
         keep_epochs: Optional[List[int]],
+        num_processes: int = 1,
     ) -> ReturnnConfig:
-        """The config the runtime gets: job settings in the (unhashed) post_config."""
+        """The config the runtime gets: job settings in the (unhashed) post_config; with several processes also
+        ``torch_distributed = {}`` (the runtime's request for distributed training) unless the config sets it."""
         config = copy.deepcopy(returnn_config)
         config.config = {"task": "train", "learning_rate_file": LEARNING_RATE_FILE, **config.config}
         post_config = {
@@ -142,42 +178,68 @@ class MiniReturnnTrainingJob(Job):
             if "keep" in cleanup:
                 raise ValueError("give either keep_epochs or post_config cleanup_old_models['keep'], not both")
             post_config["cleanup_old_models"] = {**cleanup, "keep": keep_epochs}
+        if num_processes > 1 and "torch_distributed" not in config.config and "torch_distributed" not in post_config:
+            post_config["torch_distributed"] = {}
         config.post_config = post_config
         return config
 
     # ---- tasks ---------------------------------------------------------------------------------------------------
 
-    def tasks(self):
+    def tasks(self) -> Iterator[Task]:
         yield Task("create_files", mini_task=True)
         yield Task("run", resume="run", rqmt=self.rqmt, update_rqmt=update_rqmt)
         yield Task("plot", resume="plot", mini_task=True)
 
-    def _python(self) -> str:
-        return self.python_exe.get_path() if self.python_exe is not None else sys.executable
-
-    def _command(self) -> List[str]:
-        return runtime_command(self._python(), self.out_returnn_config_file.get_path(), self.num_processes)
-
-    def create_files(self):
-        """Writes the config and ``rnn.sh``, which reruns the training by hand from the work folder."""
-        self.returnn_config.write(self.out_returnn_config_file.get_path())
-        annotate_config(self.out_returnn_config_file.get_path())
-        script = os.path.abspath("rnn.sh")
-        env = runtime_env(self.rqmt["cpu"] // (self.num_processes or 1))
-        exports = "".join(
-            f"export {k}={shlex.quote(env[k])}\n" for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    def _rendezvous(self, env: Mapping[str, str]) -> Optional[Rendezvous]:
+        """This node's rendezvous of a multi-node training, from the node's environment (None on one node)."""
+        if self.layout.num_nodes == 1:
+            return None
+        return slurm_rendezvous(
+            env, num_nodes=self.layout.num_nodes, port=self.rendezvous_port, job_hash=self._job_hash()
         )
+
+    def _script_rendezvous(self) -> Optional[Rendezvous]:
+        """:meth:`_rendezvous` for ``rnn.sh``: shell expansions of Slurm's variables, read when the script runs."""
+        if self.layout.num_nodes == 1:
+            return None
+        return slurm_rendezvous_in_script(
+            num_nodes=self.layout.num_nodes, port=self.rendezvous_port, job_hash=self._job_hash()
+        )
+
+    def _job_hash(self) -> str:
+        """The hash part of the job id (names the rendezvous of a multi-node training)."""
+        return self.job_id().rsplit(".", 1)[-1]
+
+    def _command(self, rendezvous: Optional[Rendezvous]) -> List[str]:
+        """The command that runs the training on this node."""
+        config_file = self.out_returnn_config_file.get_path()
+        return runtime_command(python_executable(self.python_exe), config_file, self.layout, rendezvous)
+
+    def create_files(self) -> None:
+        """Writes the config and ``rnn.sh``, which reruns the training by hand from the work folder (on several nodes:
+        on every node of a Slurm allocation, e.g. with srun)."""
+        write_runtime_config(self.returnn_config, self.out_returnn_config_file.get_path())
+        script = os.path.abspath("rnn.sh")
+        env = runtime_env(self.rqmt["cpu"] // self.layout.per_node)
+        exports = "".join(
+            f"export {k}={shell_command([env[k]])}\n" for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        )
+        where = "" if self.layout.num_nodes == 1 else f" Start it on each of the {self.layout.num_nodes} nodes."
         with open(script, "w") as f:
             f.write(
-                "#!/bin/sh\n# Reruns (continues) this training by hand.\n"
-                f"cd {shlex.quote(os.path.abspath('.'))}\n{exports}"
-                f'exec {" ".join(shlex.quote(c) for c in self._command())} "$@"\n'
+                f"#!/bin/sh\n# Reruns (continues) this training by hand.{where}\n"
+                f"cd {shell_command([os.path.abspath('.')])}\n{exports}"
+                f'exec {shell_command(self._command(self._script_rendezvous()))} "$@"\n'
             )
         os.chmod(script, os.stat(script).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
-    def run(self):
-        """Trains (continuing from the newest checkpoint if any) and checks every declared output exists."""
-        subprocess.check_call(self._command(), env=runtime_env(self.rqmt["cpu"] // (self.num_processes or 1)))
+    def run(self) -> None:
+        """Trains (continuing from the newest checkpoint if any) and checks every declared output exists (on several
+        nodes, node rank 0 checks)."""
+        rendezvous = self._rendezvous(os.environ)
+        subprocess.check_call(self._command(rendezvous), env=runtime_env(self.rqmt["cpu"] // self.layout.per_node))
+        if rendezvous is not None and rendezvous.node_rank != 0:
+            return
         learning_rates = os.path.abspath(LEARNING_RATE_FILE)
         if not os.path.exists(learning_rates):
             raise FileNotFoundError(f"The training wrote no {learning_rates}")
@@ -189,7 +251,7 @@ class MiniReturnnTrainingJob(Job):
         if missing:
             raise FileNotFoundError(f"The training ended without the declared checkpoints: {missing}")
 
-    def plot(self):
+    def plot(self) -> None:
         """Scores and learning rate per epoch as PNG (train keys like ``ctc``, eval keys like ``dev_loss_ctc``)."""
         import matplotlib
 
@@ -221,11 +283,11 @@ class MiniReturnnTrainingJob(Job):
         path = os.path.join(self._sis_path(gs.JOB_WORK_DIR), LEARNING_RATE_FILE)
         try:
             data = read_learning_rate_file(path)
-        except (OSError, ConfigError):
+        except (OSError, FileFormatError):
             return None
         return max((e for e, d in data.items() if d.error), default=0)
 
-    def info(self):
+    def info(self) -> Optional[str]:
         done = self._epochs_done()
         return None if done is None else f"ep {done}/{self.num_epochs}"
 
@@ -243,16 +305,20 @@ class MiniReturnnTrainingJob(Job):
 
     @classmethod
     def hash(cls, kwargs: Dict[str, Any]) -> str:
-        # num_epochs, device, log_verbosity, requirements and python_exe do not change the trained model's identity
-        # (raising num_epochs continues the same training); the hashed config part, the storing settings and the
-        # number of processes do.
+        # num_epochs, device, log_verbosity, requirements, python_exe and how the processes are launched (launch
+        # command, nodes, rendezvous port) do not change the trained model's identity (raising num_epochs continues
+        # the same training); the hashed config part, the storing settings and the number of processes do, the latter
+        # whichever of its two names gives it.
         d: Dict[str, Any] = {
             "returnn_config": kwargs["returnn_config"],
             "save_interval": kwargs["save_interval"],
             "keep_epochs": sorted(set(kwargs["keep_epochs"])) if kwargs["keep_epochs"] is not None else None,
         }
-        if kwargs["num_processes"] is not None:
-            d["num_processes"] = kwargs["num_processes"]
+        num_processes = kwargs["num_processes"]
+        if num_processes is None:
+            num_processes = kwargs.get("horovod_num_processes")
+        if num_processes is not None:
+            d["num_processes"] = num_processes
         return super().hash(d)
 
 

@@ -1,4 +1,7 @@
-"""Checkpoint files in RETURNN's layout: ``<model>.NNN.pt`` ({"model", "epoch", "step"}) and ``<model>.NNN.opt.pt``."""
+"""Checkpoint files in RETURNN's layout: ``<model>.NNN.pt`` ({"model", "epoch", "step"}) and ``<model>.NNN.opt.pt``.
+
+The file names come from :mod:`i6_minireturnn.file_formats` (shared with the Sisyphus jobs; importable from here).
+"""
 
 from __future__ import annotations
 
@@ -11,25 +14,12 @@ import torch
 
 from ..atomic_file import is_temp_file, save_torch_atomic
 from ..errors import CheckpointError, ConfigError
+from ..file_formats import MODEL_SUFFIX as MODEL_SUFFIX
+from ..file_formats import OPTIMIZER_SUFFIX as OPTIMIZER_SUFFIX
+from ..file_formats import epoch_prefix as epoch_prefix
+from ..file_formats import model_path as model_path
+from ..file_formats import optimizer_path as optimizer_path
 from ..log import log
-
-MODEL_SUFFIX = ".pt"
-OPTIMIZER_SUFFIX = ".opt.pt"
-
-
-def epoch_prefix(model_prefix: str, epoch: int) -> str:
-    """``model`` + epoch 3 -> ``model.003`` (no suffix)."""
-    return f"{model_prefix}.{epoch:03d}"
-
-
-def model_path(model_prefix: str, epoch: int) -> str:
-    """Path of an epoch's model file."""
-    return epoch_prefix(model_prefix, epoch) + MODEL_SUFFIX
-
-
-def optimizer_path(model_prefix: str, epoch: int) -> str:
-    """Path of an epoch's optimizer file."""
-    return epoch_prefix(model_prefix, epoch) + OPTIMIZER_SUFFIX
 
 
 def existing_epochs(model_prefix: str) -> Dict[int, str]:

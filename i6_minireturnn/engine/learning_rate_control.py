@@ -1,58 +1,22 @@
-"""Learning-rate schedules (constant, per-epoch list, Newbob variants) and RETURNN's ``learning_rates`` file."""
+"""Learning-rate schedules (constant, per-epoch list, Newbob variants) kept in RETURNN's ``learning_rates`` file.
+
+The file format itself (:class:`EpochData`, reading, writing) is :mod:`i6_minireturnn.file_formats`, shared with the
+Sisyphus jobs; its names stay importable from here.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ..atomic_file import write_text_atomic
 from ..errors import ConfigError
+from ..file_formats import EpochData as EpochData
+from ..file_formats import format_value as format_value
+from ..file_formats import learning_rate_file_text, write_learning_rate_file
+from ..file_formats import read_learning_rate_file as read_learning_rate_file
 from ..log import log
 
 Update = Union[float, Callable[[float], float], None]
-
-
-class EpochData:
-    """One epoch's entry of the learning_rates file; the odd argument name is part of the file format."""
-
-    def __init__(self, learningRate: Optional[float] = None, error: Optional[Dict[str, float]] = None):  # noqa: N803
-        self.learning_rate = learningRate
-        if isinstance(error, float):  # the oldest files store a single score
-            error = {"old_format_score": error}
-        self.error: Dict[str, float] = dict(error or {})
-
-    def __repr__(self) -> str:
-        return f"EpochData(learningRate={format_value(self.learning_rate)}, error={format_value(self.error)})"
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, EpochData) and (self.learning_rate, self.error) == (other.learning_rate, other.error)
-
-
-def format_value(value: Any) -> str:
-    """Deterministic repr in RETURNN's file style: sorted dicts, one entry per line once they get long."""
-    if isinstance(value, dict):
-        entries = [f"{format_value(k)}: {format_value(v)}" for k, v in sorted(value.items())]
-        if sum(len(e) for e in entries) >= 40:
-            return "{\n" + "".join(e + ",\n" for e in entries) + "}"
-        return "{" + ", ".join(entries) + "}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"float('{value!r}')"
-    return repr(value)
-
-
-def read_learning_rate_file(filename: str) -> Dict[int, EpochData]:
-    """Parses a learning_rates file (a Python dict literal of EpochData entries)."""
-    with open(filename, encoding="utf-8") as f:
-        text = f.read()
-    namespace = {"EpochData": EpochData, "nan": float("nan"), "inf": float("inf"), "__builtins__": {"float": float}}
-    try:
-        data = eval(text, namespace)  # noqa: S307 -- the file format is a Python literal with EpochData calls
-    except Exception as exc:
-        raise ConfigError(f"Cannot read learning_rate_file {filename}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"learning_rate_file {filename} does not hold a dict")
-    return data
 
 
 class LearningRateControl:
@@ -237,13 +201,12 @@ class LearningRateControl:
 
     def to_text(self) -> str:
         """The learning_rates file content."""
-        lines = "".join(f"{epoch}: {self.epoch_data[epoch]!r},\n" for epoch in sorted(self.epoch_data))
-        return "{\n" + lines + "}\n"
+        return learning_rate_file_text(self.epoch_data)
 
     def save(self) -> None:
         """Writes the learning_rates file atomically (a crash leaves the previous complete file)."""
         if self.filename:
-            write_text_atomic(self.filename, self.to_text())
+            write_learning_rate_file(self.filename, self.epoch_data)
 
 
 def _apply_update(learning_rate: float, update: Update) -> float:

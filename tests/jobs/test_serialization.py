@@ -57,6 +57,13 @@ def test_hash_ignores_unhashed_parts_and_follows_hashed_ones():
     assert short_hash(base) == short_hash(other_code) != short_hash(other_import)
 
 
+def test_collection_sets_up_the_import_path_only():
+    code = s.Collection([s.Import(PATH, import_as="get_model")]).get()
+    assert code.startswith("import sys\nsys.path.insert(0, ")
+    assert "import os" not in code
+    assert code.endswith("from i6_minireturnn.data.generating import DummyDataset as get_model\n")
+
+
 def test_bad_import_path_fails_when_building():
     with pytest.raises(ImportError, match="no module 'i6_minireturnn.nowhere'"):
         s.Import("i6_minireturnn.nowhere.Thing")
