@@ -51,15 +51,3 @@ def check_unsupported_keys(config: Config) -> None:
         raise ConfigError(
             f"use_tensorflow = True in {config.where()}: this runtime runs PyTorch (Mini-RETURNN) configs only"
         )
-    if config.bool("use_horovod", False):
-        # i6_core's ReturnnTrainingJob sets it for horovod_num_processes (mpirun or torchrun): every process would
-        # train the whole model on its own and write the same checkpoint files.
-        raise ConfigError(
-            f"use_horovod = True in {config.where()}: multi-process training is not supported by this runtime "
-            "(Mini-RETURNN trains in one process); leave ReturnnTrainingJob's horovod_num_processes unset"
-        )
-    if config.typed_value("torch_distributed", None) is not None:
-        raise ConfigError(
-            f"torch_distributed in {config.where()}: RETURNN mainline's distributed training is not supported by "
-            "this runtime (Mini-RETURNN trains in one process); remove the key"
-        )

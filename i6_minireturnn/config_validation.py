@@ -623,7 +623,7 @@ RULES: Dict[str, Rule] = {
 # Keys of the config surface that are deliberately not in RULES, with the reason (a test keeps this complete).
 NOT_CHECKED: Dict[str, str] = {
     "search_data": "RETURNN's search dataset; nothing in this runtime reads it",
-    "torch_distributed": "refused with its own message whatever its value (check_unsupported_keys)",
+    "torch_distributed": "a dict of options, checked with the launch environment (engine/distributed.py)",
     "use_cache_manager": "a dataset option; at the top level nothing reads it",
     "target": "TensorFlow only; accepted and ignored",
     "extern_data": "RETURNN mainline / TensorFlow; accepted and ignored (mainline step functions are refused)",

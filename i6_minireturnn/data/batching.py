@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Tuple, TypeVar, Union
 
 from ..errors import ConfigError
 
 BatchSize = Union[int, Dict[str, int]]
+T = TypeVar("T")  # what is batched: planned items, or loaded chunks when streaming
 
 
 class BatchLimits:
@@ -34,13 +35,13 @@ class BatchLimits:
 
 
 def group_into_batches(
-    lengths: Iterable[Tuple[int, Dict[str, int]]], limits: BatchLimits, *, drop_last: bool = False
-) -> Iterator[List[int]]:
+    lengths: Iterable[Tuple[T, Dict[str, int]]], limits: BatchLimits, *, drop_last: bool = False
+) -> Iterator[List[T]]:
     """Greedy batching in the given order: ``(item, lengths)`` pairs in, lists of items out.
 
     A sequence that alone exceeds ``batch_size`` forms a batch of its own (it is not dropped).
     """
-    batch: List[int] = []
+    batch: List[T] = []
     max_lengths: Dict[str, int] = {}
     for item, seq_lengths in lengths:
         merged = {k: max(max_lengths.get(k, 0), v) for k, v in seq_lengths.items()}
@@ -51,13 +52,3 @@ def group_into_batches(
         max_lengths = merged
     if batch and not drop_last:
         yield batch
-
-
-def plan_batches(seq_lengths: List[Dict[str, int]], limits: BatchLimits, *, drop_last: bool = False) -> List[List[int]]:
-    """The epoch's batches as lists of epoch sequence indices, from the lengths of all sequences."""
-    return list(group_into_batches(enumerate(seq_lengths), limits, drop_last=drop_last))
-
-
-def optional_limits(batch_size: Optional[BatchSize], max_seqs: int) -> BatchLimits:
-    """Limits from config values (no batch_size: one sequence per batch, as RETURNN's default of 1 frame)."""
-    return BatchLimits(1 if batch_size is None else batch_size, max_seqs)

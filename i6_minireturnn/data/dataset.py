@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import gzip
 import inspect
@@ -34,10 +35,32 @@ class DataKey:
 class Dataset:
     """Base of all datasets.
 
-    Subclasses provide the corpus (``_corpus_size``, ``_load_seq``, ``_corpus_seq_tag`` and, where known cheaply,
-    ``_corpus_seq_lengths``) and their ``data_keys``; this class turns it into the epoch's sequence list.
+    Subclasses provide the corpus through the corpus protocol (``corpus_size``, ``load_corpus_seq``,
+    ``corpus_seq_tag`` and, where known cheaply, ``corpus_seq_lengths`` with ``has_cheap_lengths = True``) and their
+    ``data_keys``; this class turns it into the epoch's sequence list. Datasets over datasets (MetaDataset,
+    ConcatDataset, ...) call the same protocol on their parts.
     ``seq_idx`` below always means the position in the current epoch, ``corpus_idx`` the position in the corpus.
+
+    Subclasses written against the earlier hook names ``_corpus_size``, ``_load_seq``, ``_corpus_seq_tag`` and
+    ``_corpus_seq_lengths`` keep working: the old names are aliases of the new ones, in every class (a class that
+    defines one name gets the other; defining ``_corpus_seq_lengths`` declares cheap lengths, as overriding it did
+    before).
     """
+
+    has_cheap_lengths: bool = False
+    """Whether ``corpus_seq_lengths`` answers without loading data (then the pipeline plans batches up front);
+    datasets over other datasets set it per instance, from their parts."""
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        for old, new in _EARLIER_HOOK_NAMES.items():
+            if old in own and new not in own:
+                setattr(cls, new, own[old])
+            elif new in own and old not in own:
+                setattr(cls, old, own[new])
+        if "_corpus_seq_lengths" in own and "has_cheap_lengths" not in own:
+            cls.has_cheap_lengths = True
 
     def __init__(
         self,
@@ -64,20 +87,29 @@ class Dataset:
         self.epoch: Optional[int] = None
         self._epoch_order: Optional[List[int]] = None
 
-    # ---- to be implemented by subclasses -------------------------------------------------------------------------
+    # ---- corpus protocol: implemented by subclasses, called by the epoch logic and by datasets over datasets ------
 
-    def _corpus_size(self) -> int:
+    def corpus_size(self) -> int:
+        """Number of sequences in the corpus (before any epoch filter or partition)."""
         raise NotImplementedError
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        """The data arrays of one corpus sequence, per data key, time axis first (no tag: see ``get_corpus_seq``)."""
         raise NotImplementedError
 
-    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+    def corpus_seq_tag(self, corpus_idx: int) -> str:
+        """The tag of one corpus sequence (what seq lists and MetaDataset match on)."""
         return f"seq-{corpus_idx}"
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+    def corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
         """Lengths per data key without loading the data (estimates are fine); None where unknown."""
         return None
+
+    # the earlier names (see the class docstring)
+    _corpus_size = corpus_size
+    _load_seq = load_corpus_seq
+    _corpus_seq_tag = corpus_seq_tag
+    _corpus_seq_lengths = corpus_seq_lengths
 
     # ---- epoch ---------------------------------------------------------------------------------------------------
 
@@ -104,14 +136,14 @@ class Dataset:
             self._epoch_order = self._corpus_indices_for_tags(seq_list)
             return True
         full_order = compute_seq_order(
-            self._corpus_size(),
+            self.corpus_size(),
             self.seq_ordering,
             seed=self.random_seed_for_epoch(epoch),
-            get_seq_len=self._corpus_length_for_sorting if self.knows_seq_lengths() else None,
+            get_seq_len=self._corpus_length_for_sorting if self.has_cheap_lengths else None,
         )
         if self.seq_list_filter_file is not None:
             allowed = self._filter_tags()
-            full_order = [i for i in full_order if self._corpus_seq_tag(i) in allowed]
+            full_order = [i for i in full_order if self.corpus_seq_tag(i) in allowed]
         for (first, last), options in self.epoch_wise_filter.items():
             if first <= epoch <= last:
                 full_order = self._apply_epoch_filter(full_order, options)
@@ -144,14 +176,14 @@ class Dataset:
         return self._allowed_tags
 
     def _corpus_indices_for_tags(self, tags: Sequence[str]) -> List[int]:
-        index = {self._corpus_seq_tag(i): i for i in range(self._corpus_size())}
+        index = {self.corpus_seq_tag(i): i for i in range(self.corpus_size())}
         missing = [t for t in tags if t not in index]
         if missing:
             raise DataError(f"Dataset {self.name}: sequence tag(s) not found: {missing[:5]}")
         return [index[t] for t in tags]
 
     def _corpus_length_for_sorting(self, corpus_idx: int) -> int:
-        lengths = self._corpus_seq_lengths(corpus_idx) or {}
+        lengths = self.corpus_seq_lengths(corpus_idx) or {}
         key = "data" if "data" in lengths else next(iter(lengths), None)
         return lengths[key] if key is not None else 0
 
@@ -167,10 +199,6 @@ class Dataset:
         """Number of sequences in the current epoch."""
         return len(self._order())
 
-    def knows_seq_lengths(self) -> bool:
-        """Whether lengths are known without loading data (then batches can be planned up front)."""
-        return type(self)._corpus_seq_lengths is not Dataset._corpus_seq_lengths
-
     def corpus_index(self, seq_idx: int) -> int:
         """The corpus index of the epoch's `seq_idx`-th sequence."""
         return self._order()[seq_idx]
@@ -181,31 +209,31 @@ class Dataset:
 
     def get_corpus_seq(self, corpus_idx: int, *, seq_idx: int) -> Dict[str, Any]:
         """Like :func:`get_seq`, addressed by corpus index (what loader workers use: no epoch state needed)."""
-        seq = dict(self._load_seq(corpus_idx))
-        seq["seq_tag"] = self._corpus_seq_tag(corpus_idx)
+        seq = dict(self.load_corpus_seq(corpus_idx))
+        seq["seq_tag"] = self.corpus_seq_tag(corpus_idx)
         seq["seq_idx"] = seq_idx
         return seq
 
     def get_seq_length(self, seq_idx: int) -> Dict[str, int]:
         """Lengths per data key of the epoch's `seq_idx`-th sequence (may be estimates)."""
         corpus_idx = self.corpus_index(seq_idx)
-        lengths = self._corpus_seq_lengths(corpus_idx)
+        lengths = self.corpus_seq_lengths(corpus_idx)
         if lengths is None:
-            seq = self._load_seq(corpus_idx)
+            seq = self.load_corpus_seq(corpus_idx)
             lengths = {k: int(v.shape[0]) if v.ndim else 1 for k, v in seq.items()}
         return lengths
 
     def get_seq_tag(self, seq_idx: int) -> str:
         """The tag of the epoch's `seq_idx`-th sequence."""
-        return self._corpus_seq_tag(self.corpus_index(seq_idx))
+        return self.corpus_seq_tag(self.corpus_index(seq_idx))
 
     def get_all_tags(self) -> List[str]:
         """All sequence tags of the corpus, in corpus order."""
-        return [self._corpus_seq_tag(i) for i in range(self._corpus_size())]
+        return [self.corpus_seq_tag(i) for i in range(self.corpus_size())]
 
     def get_total_num_seqs(self) -> int:
         """Number of sequences in the whole corpus (all sub-epochs)."""
-        return self._corpus_size()
+        return self.corpus_size()
 
     # ---- data keys (also RETURNN's accessors) --------------------------------------------------------------------
 
@@ -241,6 +269,35 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+# the protocol's names before they were public; see Dataset's docstring
+_EARLIER_HOOK_NAMES = {
+    "_corpus_size": "corpus_size",
+    "_load_seq": "load_corpus_seq",
+    "_corpus_seq_tag": "corpus_seq_tag",
+    "_corpus_seq_lengths": "corpus_seq_lengths",
+}
+
+
+class CorpusOffsets:
+    """A corpus made of parts one after another (the files of an HDFDataset, the datasets of a ConcatDataset):
+    maps a corpus index to (part, index within the part)."""
+
+    def __init__(self, part_sizes: Sequence[int]):
+        self.starts: List[int] = [0]
+        for size in part_sizes:
+            self.starts.append(self.starts[-1] + int(size))
+
+    @property
+    def total(self) -> int:
+        """Number of sequences of all parts together."""
+        return self.starts[-1]
+
+    def locate(self, corpus_idx: int) -> Tuple[int, int]:
+        """(part index, index within that part) of a corpus index."""
+        part = bisect.bisect_right(self.starts, corpus_idx) - 1
+        return part, corpus_idx - self.starts[part]
 
 
 def _check_epoch_wise_filter(filters: Dict[Any, Dict[str, Any]], name: str) -> Dict[Tuple[int, int], Dict]:

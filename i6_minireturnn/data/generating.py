@@ -13,21 +13,23 @@ from .dataset import DataKey, Dataset
 class GeneratingDataset(Dataset):
     """Sequences made from the corpus index alone, so any order and any worker split see the same data."""
 
+    has_cheap_lengths = True  # generated once for the lengths, then remembered
+
     def __init__(self, *, num_seqs: int, **kwargs):
         super().__init__(**kwargs)
         self._num_seqs = int(num_seqs)
         self._lengths_cache: Dict[int, Dict[str, int]] = {}
         self._lengths_epoch: Optional[int] = None
 
-    def _corpus_size(self) -> int:
+    def corpus_size(self) -> int:
         return self._num_seqs
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
-        # generated once per epoch for the lengths, then remembered (some tasks grow with the epoch)
+    def corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+        # some tasks grow with the epoch: the remembered lengths hold for one epoch
         if self._lengths_epoch != self.epoch:
             self._lengths_cache, self._lengths_epoch = {}, self.epoch
         if corpus_idx not in self._lengths_cache:
-            self._lengths_cache[corpus_idx] = {k: int(v.shape[0]) for k, v in self._load_seq(corpus_idx).items()}
+            self._lengths_cache[corpus_idx] = {k: int(v.shape[0]) for k, v in self.load_corpus_seq(corpus_idx).items()}
         return self._lengths_cache[corpus_idx]
 
 
@@ -58,7 +60,7 @@ class DummyDataset(GeneratingDataset):
             "classes": DataKey("classes", output_dim, "int32", sparse=True),
         }
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         data_len, classes_len = self.seq_len["data"], self.seq_len["classes"]
         start = corpus_idx
         values = np.arange(start, start + data_len * self.input_dim) % self.input_max_value
@@ -105,7 +107,7 @@ class SyntheticSpeechDataset(GeneratingDataset):
             "classes": DataKey("classes", num_classes, "int32", sparse=True),
         }
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         rng = np.random.RandomState((self.seed * 1_000_003 + corpus_idx) % 2**32)
         num_labels = rng.randint(self.label_range[0], self.label_range[1] + 1)
         labels = rng.randint(0, self.num_classes, size=num_labels)
@@ -153,7 +155,7 @@ class DummyDatasetMultipleDataKeys(GeneratingDataset):
             sparse = ndim == 1
             self.data_keys[key] = DataKey(key, dim, "int32" if sparse else "float32", sparse, () if sparse else (dim,))
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         result, start = {}, corpus_idx
         for key, info in self.data_keys.items():
             length = self.seq_len[key]
@@ -216,7 +218,7 @@ class Task12AXDataset(GeneratingDataset):
                 text += str(rng.choice(list(self.INPUT_SYMBOLS)))
         return text[:length]
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         symbols = self._symbols(corpus_idx)
         index = np.array([self.INPUT_SYMBOLS.index(c) for c in symbols])
         return {
@@ -248,7 +250,7 @@ class CopyTaskDataset(GeneratingDataset):
             "classes": DataKey("classes", nsymbols, "int32", sparse=True),
         }
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         epoch = self.epoch or 1
         minlen, maxlen, min_factor, max_factor = self.length_range
         rng = _rng(self.seed, corpus_idx, epoch)
@@ -259,6 +261,8 @@ class CopyTaskDataset(GeneratingDataset):
 
 class StaticDataset(Dataset):
     """Sequences given in the config: ``data`` = list of {key: array}; dims from ``output_dim`` or the data."""
+
+    has_cheap_lengths = True  # the arrays are in memory
 
     def __init__(
         self,
@@ -285,11 +289,11 @@ class StaticDataset(Dataset):
                 sparse = ndim == 1
             self.data_keys[key] = DataKey(key, dim, str(value.dtype), sparse, tuple(value.shape[1:]))
 
-    def _corpus_size(self) -> int:
+    def corpus_size(self) -> int:
         return len(self.seqs)
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         return self.seqs[corpus_idx]
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+    def corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
         return {k: int(v.shape[0]) if v.ndim else 1 for k, v in self.seqs[corpus_idx].items()}

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..cache_manager import cached_path
 from ..errors import ConfigError, DataError
-from .dataset import DataKey, Dataset
+from .dataset import CorpusOffsets, DataKey, Dataset
 
 
 def _decode(value: Any) -> str:
@@ -137,6 +137,8 @@ class _HDFFile:
 class HDFDataset(Dataset):
     """RETURNN's ``HDFDataset``: ``files`` (list), all sequences of all files, in file order."""
 
+    has_cheap_lengths = True  # seqLengths is read with the header
+
     def __init__(
         self,
         *,
@@ -164,26 +166,23 @@ class HDFDataset(Dataset):
                     f"HDF file {first.path!r} has no data key(s) {missing}; it has {sorted(self.data_keys)}"
                 )
             self.data_keys = {k: self.data_keys[k] for k in data_keys}
-        self._file_starts = np.cumsum([0] + [f.num_seqs for f in self.files])
+        self._offsets = CorpusOffsets([f.num_seqs for f in self.files])
 
-    def _locate(self, corpus_idx: int):
-        file_idx = int(np.searchsorted(self._file_starts, corpus_idx, side="right")) - 1
-        return self.files[file_idx], corpus_idx - int(self._file_starts[file_idx])
+    def _locate(self, corpus_idx: int) -> Tuple[_HDFFile, int]:
+        file_idx, seq = self._offsets.locate(corpus_idx)
+        return self.files[file_idx], seq
 
-    def _corpus_size(self) -> int:
-        return int(self._file_starts[-1])
+    def corpus_size(self) -> int:
+        return self._offsets.total
 
-    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+    def corpus_seq_tag(self, corpus_idx: int) -> str:
         hdf, seq = self._locate(corpus_idx)
         return hdf.tags[seq] if hdf.tags is not None else f"seq-{corpus_idx}"
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+    def corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
         hdf, seq = self._locate(corpus_idx)
         return {key: int(hdf.lengths[seq, hdf.columns[key]]) for key in self.data_keys}
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         hdf, seq = self._locate(corpus_idx)
         return {key: hdf.read(key, seq) for key in self.data_keys}
-
-    def get_all_tags(self) -> List[str]:
-        return [self._corpus_seq_tag(i) for i in range(self._corpus_size())]

@@ -190,6 +190,8 @@ def read_replace_map(filename: str, *, word_based: bool) -> Dict[str, List[str]]
 class _TokenizedText(Dataset):
     """Common part: lines tokenized on first use (and cached), so lengths are exact for batch planning."""
 
+    has_cheap_lengths = True  # tokenizing a line costs little, and the result is kept for loading
+
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._cache: Dict[int, Dict[str, np.ndarray]] = {}
@@ -197,13 +199,13 @@ class _TokenizedText(Dataset):
     def _tokenize(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         if corpus_idx not in self._cache:
             self._cache[corpus_idx] = self._tokenize(corpus_idx)
         return self._cache[corpus_idx]
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
-        return {k: len(v) for k, v in self._load_seq(corpus_idx).items()}
+    def corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+        return {k: len(v) for k, v in self.load_corpus_seq(corpus_idx).items()}
 
 
 class LmDataset(_TokenizedText):
@@ -339,10 +341,10 @@ class LmDataset(_TokenizedText):
             labels[index] = symbol
         return labels
 
-    def _corpus_size(self) -> int:
+    def corpus_size(self) -> int:
         return len(self._line_ids)
 
-    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+    def corpus_seq_tag(self, corpus_idx: int) -> str:
         return f"line-{self._line_ids[corpus_idx]}"
 
     def _symbols_of(self, line_id: int) -> List[str]:
@@ -425,10 +427,10 @@ class TranslationDataset(_TokenizedText):
                 f"{len(self.text['classes'])} target lines in {path!r}"
             )
 
-    def _corpus_size(self) -> int:
+    def corpus_size(self) -> int:
         return len(self.text["data"])
 
-    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+    def corpus_seq_tag(self, corpus_idx: int) -> str:
         return f"line-{corpus_idx}"
 
     def _tokenize(self, corpus_idx: int) -> Dict[str, np.ndarray]:

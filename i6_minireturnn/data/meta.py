@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .dataset import DataKey, Dataset, read_tag_list
+from .dataset import CorpusOffsets, DataKey, Dataset, read_tag_list
 from .registry import init_dataset
 from .seq_order import interleave_order
 from .vocabulary import read_literal_file
@@ -32,13 +32,18 @@ class MetaDataset(Dataset):
         super().__init__(**kwargs)
         if not isinstance(datasets, dict) or not datasets:
             raise ConfigError(f"MetaDataset {self.name!r}: 'datasets' must be a non-empty dict")
-        self.datasets = {name: init_dataset(opts, name=f"{self.name}/{name}") for name, opts in datasets.items()}
-        self.control_name = seq_order_control_dataset or sorted(self.datasets)[0]
-        if self.control_name not in self.datasets:
+        self.control_name = seq_order_control_dataset or sorted(datasets)[0]
+        if self.control_name not in datasets:
             raise ConfigError(
                 f"MetaDataset {self.name!r}: seq_order_control_dataset {self.control_name!r} is not in datasets "
-                f"{sorted(self.datasets)}"
+                f"{sorted(datasets)}"
             )
+        if seq_list_file:
+            datasets = {
+                **datasets,
+                self.control_name: self._with_tag_filter(datasets[self.control_name], seq_list_file),
+            }
+        self.datasets = {name: init_dataset(opts, name=f"{self.name}/{name}") for name, opts in datasets.items()}
         self.data_map: Dict[str, Tuple[str, str]] = {}
         for key, target in data_map.items():
             if not (isinstance(target, (tuple, list)) and len(target) == 2):
@@ -57,12 +62,20 @@ class MetaDataset(Dataset):
             self.data_map[key] = (name, sub_key)
             sub = self.datasets[name].data_keys[sub_key]
             self.data_keys[key] = DataKey(key, sub.dim, sub.dtype, sub.sparse, sub.shape)
+        self.has_cheap_lengths = all(self.datasets[name].has_cheap_lengths for name, _ in self.data_map.values())
         self.control = self.datasets[self.control_name]
         self.seq_list = set(read_tag_list(seq_list_file, "seq_list_file")) if seq_list_file else None
-        if seq_list_file:
-            # the control dataset's own tag filter: its ordering then covers exactly the listed sequences
-            self.control.seq_list_filter_file = seq_list_file
         self._tag_index: Dict[str, Dict[str, int]] = {}
+
+    def _with_tag_filter(self, control_opts: Any, seq_list_file: str) -> Dict[str, Any]:
+        """The control dataset's options with ``seq_list_file`` as its tag filter: its ordering then covers exactly
+        the listed sequences."""
+        if not isinstance(control_opts, dict):
+            raise ConfigError(
+                f"MetaDataset {self.name!r}: with seq_list_file, the control dataset {self.control_name!r} must be "
+                "given as a dataset dict (the list becomes its seq_list_filter_file option)"
+            )
+        return {**control_opts, "seq_list_filter_file": seq_list_file}
 
     # the corpus is the control dataset's corpus
 
@@ -86,11 +99,11 @@ class MetaDataset(Dataset):
                     f"e.g. {missing[:3]}"
                 )
 
-    def _corpus_size(self) -> int:
-        return self.control.get_total_num_seqs()
+    def corpus_size(self) -> int:
+        return self.control.corpus_size()
 
-    def _corpus_seq_tag(self, corpus_idx: int) -> str:
-        return self.control._corpus_seq_tag(corpus_idx)
+    def corpus_seq_tag(self, corpus_idx: int) -> str:
+        return self.control.corpus_seq_tag(corpus_idx)
 
     def init_seq_order(
         self,
@@ -109,28 +122,25 @@ class MetaDataset(Dataset):
         return True
 
     def _sub_index(self, name: str, corpus_idx: int) -> int:
-        return self._index_of(name)[self._corpus_seq_tag(corpus_idx)]
+        return self._index_of(name)[self.corpus_seq_tag(corpus_idx)]
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         loaded: Dict[str, Dict[str, np.ndarray]] = {}
         result = {}
         for key, (name, sub_key) in self.data_map.items():
             if name not in loaded:
-                loaded[name] = self.datasets[name]._load_seq(self._sub_index(name, corpus_idx))
+                loaded[name] = self.datasets[name].load_corpus_seq(self._sub_index(name, corpus_idx))
             result[key] = loaded[name][sub_key]
         return result
 
-    def knows_seq_lengths(self) -> bool:
-        return all(self.datasets[name].knows_seq_lengths() for name, _ in self.data_map.values())
-
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
-        if not self.knows_seq_lengths():
+    def corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+        if not self.has_cheap_lengths:
             return None
         per_dataset: Dict[str, Dict[str, int]] = {}
         lengths = {}
         for key, (name, sub_key) in self.data_map.items():
             if name not in per_dataset:
-                per_dataset[name] = self.datasets[name]._corpus_seq_lengths(self._sub_index(name, corpus_idx)) or {}
+                per_dataset[name] = self.datasets[name].corpus_seq_lengths(self._sub_index(name, corpus_idx)) or {}
             lengths[key] = per_dataset[name].get(sub_key, 0)
         return lengths
 
@@ -140,21 +150,19 @@ class _Concatenated(Dataset):
 
     def _setup(self, datasets: List[Dataset]) -> None:
         self.parts = datasets
-        self._offsets = np.cumsum([0] + [d.get_total_num_seqs() for d in datasets])
+        self._offsets = CorpusOffsets([d.corpus_size() for d in datasets])
+        self.has_cheap_lengths = all(d.has_cheap_lengths for d in datasets)
 
     def _locate(self, corpus_idx: int) -> Tuple[Dataset, int]:
-        part = int(np.searchsorted(self._offsets, corpus_idx, side="right")) - 1
-        return self.parts[part], corpus_idx - int(self._offsets[part])
+        part, idx = self._offsets.locate(corpus_idx)
+        return self.parts[part], idx
 
-    def _corpus_size(self) -> int:
-        return int(self._offsets[-1])
+    def corpus_size(self) -> int:
+        return self._offsets.total
 
-    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+    def corpus_seq_tag(self, corpus_idx: int) -> str:
         dataset, idx = self._locate(corpus_idx)
-        return dataset._corpus_seq_tag(idx)
-
-    def knows_seq_lengths(self) -> bool:
-        return all(d.knows_seq_lengths() for d in self.parts)
+        return dataset.corpus_seq_tag(idx)
 
 
 class ConcatDataset(_Concatenated):
@@ -179,19 +187,19 @@ class ConcatDataset(_Concatenated):
             return super().init_seq_order(epoch, seq_list=seq_list, seq_order=seq_order)
         self.epoch = epoch or 1
         order: List[int] = []
-        for offset, part in zip(self._offsets, self.parts):
+        for offset, part in zip(self._offsets.starts, self.parts):
             part.init_seq_order(self.epoch)
-            order.extend(int(offset) + part.corpus_index(i) for i in range(part.num_seqs))
+            order.extend(offset + part.corpus_index(i) for i in range(part.num_seqs))
         self._epoch_order = order
         return True
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         dataset, idx = self._locate(corpus_idx)
-        return dataset._load_seq(idx)
+        return dataset.load_corpus_seq(idx)
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+    def corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
         dataset, idx = self._locate(corpus_idx)
-        return dataset._corpus_seq_lengths(idx)
+        return dataset.corpus_seq_lengths(idx)
 
 
 class CombinedDataset(_Concatenated):
@@ -226,14 +234,14 @@ class CombinedDataset(_Concatenated):
             part.init_seq_order(self.epoch)
         by_key = sorted(range(len(self.parts)), key=lambda i: self.names[i])  # RETURNN numbers parts by sorted key
         self._epoch_order = [
-            int(self._offsets[by_key[p]]) + self.parts[by_key[p]].corpus_index(k)
+            self._offsets.starts[by_key[p]] + self.parts[by_key[p]].corpus_index(k)
             for p, k in interleave_order([self.parts[i].num_seqs for i in by_key])
         ]
         return True
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         dataset, idx = self._locate(corpus_idx)
-        raw = dataset._load_seq(idx)
+        raw = dataset.load_corpus_seq(idx)
         mapping = self.maps[self.names[self.parts.index(dataset)]]
         result = {out: raw[key] for key, out in mapping.items()}
         for out, info in self.data_keys.items():
@@ -241,9 +249,9 @@ class CombinedDataset(_Concatenated):
                 result[out] = np.zeros((0,) + tuple(d or 0 for d in info.shape), dtype=info.dtype)
         return result
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+    def corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
         dataset, idx = self._locate(corpus_idx)
-        lengths = dataset._corpus_seq_lengths(idx)
+        lengths = dataset.corpus_seq_lengths(idx)
         if lengths is None:
             return None
         mapping = self.maps[self.names[self.parts.index(dataset)]]
@@ -289,54 +297,57 @@ class ConcatSeqsDataset(Dataset):
             self.seq_lens = read_literal_file(seq_len_file, "seq_len_file")
         self.remove_postfix = dict(remove_in_between_postfix or {})
         self.repeat_multiple = dict(repeat_in_between_last_frame_up_to_multiple_of or {})
+        self.has_cheap_lengths = self.sub.has_cheap_lengths
 
-    def _corpus_size(self) -> int:
+    def corpus_size(self) -> int:
         return len(self.lines)
 
-    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+    def corpus_seq_tag(self, corpus_idx: int) -> str:
         return self.lines[corpus_idx]
-
-    def knows_seq_lengths(self) -> bool:
-        return self.sub.knows_seq_lengths()
 
     def _corpus_length_for_sorting(self, corpus_idx: int) -> int:
         if self.seq_lens is not None:
             return sum(int(self.seq_lens.get(t, 0)) for t in self.parts[corpus_idx])
         return super()._corpus_length_for_sorting(corpus_idx)
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
-        if not self.sub.knows_seq_lengths():
+    def _in_between_sizes(self, key: str, length: int) -> Tuple[int, int]:
+        """The in-between rule for a part that is not the last one: (frames kept, length after padding).
+
+        Lengths and loaded data both follow it, so planned batches match the loaded sequences.
+        """
+        kept = length - 1 if key in self.remove_postfix else length
+        multiple = self.repeat_multiple.get(key)
+        padded = -(-kept // multiple) * multiple if multiple else kept
+        return kept, padded
+
+    def _in_between_part(self, key: str, value: np.ndarray, tag: str) -> np.ndarray:
+        """A loaded part that is not the last one, changed by :func:`_in_between_sizes`."""
+        if key in self.remove_postfix and (len(value) == 0 or value[-1] != self.remove_postfix[key]):
+            raise DataError(
+                f"ConcatSeqsDataset {self.name!r}: {tag!r} key {key!r} does not end with the postfix "
+                f"{self.remove_postfix[key]!r}"
+            )
+        kept, padded = self._in_between_sizes(key, len(value))
+        value = value[:kept]
+        if padded > kept:
+            value = np.concatenate([value] + [value[-1:]] * (padded - kept))
+        return value
+
+    def corpus_seq_lengths(self, corpus_idx: int) -> Optional[Dict[str, int]]:
+        if not self.has_cheap_lengths:
             return None
-        parts = [self.sub._corpus_seq_lengths(i) for i in self.part_indices[corpus_idx]]
+        parts = [self.sub.corpus_seq_lengths(i) for i in self.part_indices[corpus_idx]]
         lengths = {}
         for key in self.data_keys:
-            values = [p[key] for p in parts]
-            for i in range(len(values) - 1):  # the in-between parts change as in _load_seq
-                if key in self.remove_postfix:
-                    values[i] -= 1
-                if key in self.repeat_multiple:
-                    values[i] = -(-values[i] // self.repeat_multiple[key]) * self.repeat_multiple[key]
-            lengths[key] = sum(values)
+            in_between = sum(self._in_between_sizes(key, part[key])[1] for part in parts[:-1])
+            lengths[key] = in_between + parts[-1][key]
         return lengths
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
-        parts = [self.sub._load_seq(i) for i in self.part_indices[corpus_idx]]
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+        parts = [self.sub.load_corpus_seq(i) for i in self.part_indices[corpus_idx]]
+        tags = self.parts[corpus_idx]
         result = {}
         for key in self.data_keys:
-            pieces = []
-            for i, part in enumerate(parts):
-                value = part[key]
-                if i < len(parts) - 1:
-                    if key in self.remove_postfix:
-                        if len(value) == 0 or value[-1] != self.remove_postfix[key]:
-                            raise DataError(
-                                f"ConcatSeqsDataset {self.name!r}: {self.parts[corpus_idx][i]!r} key {key!r} does not "
-                                f"end with the postfix {self.remove_postfix[key]!r}"
-                            )
-                        value = value[:-1]
-                    multiple = self.repeat_multiple.get(key)
-                    if multiple and len(value) % multiple:
-                        value = np.concatenate([value] + [value[-1:]] * (multiple - len(value) % multiple))
-                pieces.append(value)
-            result[key] = np.concatenate(pieces)
+            pieces = [self._in_between_part(key, part[key], tag) for part, tag in zip(parts[:-1], tags)]
+            result[key] = np.concatenate(pieces + [parts[-1][key]])
         return result

@@ -27,6 +27,8 @@ class OggZipDataset(Dataset):
     ``segment_file``, ``fixed_random_subset``, ``use_cache_manager`` (and the base options, e.g.
     ``epoch_wise_filter`` with ``max_mean_len`` in seconds)."""
 
+    has_cheap_lengths = True  # frames from the duration in the metadata; targets tokenized and kept
+
     def __init__(
         self,
         *,
@@ -99,13 +101,13 @@ class OggZipDataset(Dataset):
 
     # ---- corpus ----------------------------------------------------------------------------------------------------
 
-    def _corpus_size(self) -> int:
+    def corpus_size(self) -> int:
         return len(self.entries)
 
-    def _corpus_seq_tag(self, corpus_idx: int) -> str:
+    def corpus_seq_tag(self, corpus_idx: int) -> str:
         return self._tag(self.entries[corpus_idx])
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+    def corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
         lengths = {}
         if self.audio is not None:
             lengths["data"] = self.audio.num_frames(float(self.entries[corpus_idx]["duration"]))
@@ -131,11 +133,11 @@ class OggZipDataset(Dataset):
             try:
                 self._target_cache[corpus_idx] = np.array(self.targets.get_seq(text), dtype="int32")
             except KeyError as exc:
-                tag = self._corpus_seq_tag(corpus_idx)
+                tag = self.corpus_seq_tag(corpus_idx)
                 raise DataError(f"OggZipDataset {self.name!r}, sequence {tag!r}: {exc}") from None
         return self._target_cache[corpus_idx]
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         import soundfile
 
         entry = self.entries[corpus_idx]

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import gc
 import inspect
+import itertools
 import os
-import random
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -28,21 +28,22 @@ from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
 from ..errors import CheckpointError, ConfigError
 from ..log import log
-from . import checkpoints, priors, resume
+from . import checkpoints, resume
 from .device import autocast, read_amp_dtype, resolve_device, seed_everything
-from .inference import forward_dataset_options, inference_checkpoint, use_forward_epoch_as_load_epoch
+from .distributed import init_distributed
+from .inference import InferenceTasks
 from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
-from .loss_tracker import LossTracker, Stopwatch
+from .loss_tracker import LossTracker, Totals
 from .mini_returnn_names import EngineBase, EpochDataLoader, MiniReturnnEngineNames
-from .output_checks import check_outputs, estimate_checkpoint_bytes, warn_on_low_space
-from .reporting import LoopReport, format_losses, hms
+from .output_checks import estimate_checkpoint_bytes, warn_on_low_space
+from .reporting import LoopReport, format_losses
 from .run_ctx import (
     Loss,
     RunCtx,
-    init_forward_step_run_ctx,
     init_load_run_ctx,
     init_train_step_run_ctx,
     reset_run_ctx,
+    with_unknown_kwarg,
 )
 from .run_lock import ModelPrefixLock
 from .stop_signals import StopRequested, StopSignals
@@ -51,20 +52,19 @@ from .updater import Updater
 StepResult = Tuple[torch.Tensor, Dict[str, Loss]]
 
 
-def _with_unknown_kwarg() -> Dict[str, None]:
-    # Step functions must take **kwargs so that new arguments can be added later (Mini-RETURNN's rule).
-    return {f"__fwd_compatible_random_arg_{random.randint(0, 99)}": None}
-
-
-class Engine(EngineBase, MiniReturnnEngineNames):
+class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     """Runs the tasks ``train``, ``eval``, ``forward`` and ``compute_priors`` for one config."""
 
     def __init__(self, config: Config):
         self.config = config
-        self._device = resolve_device(config)
+        self._ranks = init_distributed(config, resolve_device(config))
+        self._device = self._ranks.device(resolve_device(config))
+        if not self._ranks.is_main:  # rank 0 writes the log (files); the others print warnings and errors only
+            log.initialize(verbosity=min(log.verbosity, 1))
         self.model_filename: Optional[str] = config.value("model", None)
         self.epoch = 0
         self._train_step = 0  # global step: number of training steps done
+        self._steps_in_epoch: Optional[int] = None  # of this rank; None where the epoch is streamed
         self._model: Optional[torch.nn.Module] = None
         self._updater: Optional[Updater] = None
         self._train_step_func: Optional[Callable] = None
@@ -92,10 +92,20 @@ class Engine(EngineBase, MiniReturnnEngineNames):
         self._run_train_step_takes_step_idx = _takes_step_idx(self.run_train_step)
 
     def close(self) -> None:
-        """Releases what the run holds beyond its objects (the model prefix lock)."""
+        """Releases what the run holds beyond its objects (the model prefix lock, the process group)."""
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
+        self._ranks.close()
+
+    def _data_options(self, purpose: str) -> PipelineOptions:
+        """The pipeline options for training ("train") or evaluation ("eval"): with several ranks, this rank's shard;
+        training drops the batches beyond a multiple of the rank count (so every rank takes the same steps),
+        evaluation keeps them (its sums are added up over the ranks)."""
+        if self._ranks.world_size == 1:
+            return self._pipeline
+        remainder = "drop" if purpose == "train" else "keep"
+        return self._pipeline.sharded(self._ranks.rank, self._ranks.world_size, remainder=remainder)
 
     # ---- setup ---------------------------------------------------------------------------------------------------
 
@@ -117,9 +127,14 @@ class Engine(EngineBase, MiniReturnnEngineNames):
         self._train_dataloader = self._create_data_loader(self.train_dataset)
         self._eval_dataloaders = {name: self._create_data_loader(ds) for name, ds in self.eval_datasets.items()}
         self._train_step_func = self._config_function("train_step", "the training step")
+        if not self._ranks.is_main:
+            self._ranks.barrier()  # rank 0 removes unfinished files first
         start = resume.find_train_start(self.config, self.model_filename, self.learning_rate_control)
+        if self._ranks.is_main:
+            self._ranks.barrier()
         self._start_epoch = start.epoch
         self._load_model(epoch=start.epoch, state=start.state, init_for_train=start.epoch == 1)
+        self._ranks.wrap(self._model)
         # A stored epoch that was not evaluated yet is evaluated first: learning-rate control (newbob) decides the
         # next learning rate from its scores.
         self._eval_missing_for_stored_epoch()
@@ -128,6 +143,7 @@ class Engine(EngineBase, MiniReturnnEngineNames):
             config=self.config, network=self._model, device=self._device, initial_learning_rate=self.learning_rate
         )
         self._updater.create_optimizer()
+        self._updater.agree_on_finite = self._ranks.all_true
         if self._amp_dtype == torch.float16:
             self._updater.create_grad_scaler()
             self._updater.load_grad_scaler_state((start.state or {}).get("grad_scaler"))
@@ -195,7 +211,7 @@ class Engine(EngineBase, MiniReturnnEngineNames):
         self.epoch = epoch
         seed_everything(self._random_seed * 27644437 + epoch * 193939 + step * 19937 + 479001599)
         init_load_run_ctx(device=self._device, engine=self, epoch=epoch, global_step=step)
-        model = get_model(epoch=epoch, step=step, **_with_unknown_kwarg())
+        model = get_model(epoch=epoch, step=step, **with_unknown_kwarg())
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"get_model must return a torch.nn.Module, got {type(model).__name__}")
         self._model = model
@@ -274,19 +290,23 @@ class Engine(EngineBase, MiniReturnnEngineNames):
 
     def init_train_epoch(self) -> None:
         """Learning rate and seeds of the epoch (a resumed epoch sees the same random numbers)."""
-        self.learning_rate = self.learning_rate_control.get_learning_rate_for_epoch(self.epoch)
+        # decided once (by rank 0) for all ranks
+        self.learning_rate = self._ranks.broadcast_object(
+            self.learning_rate_control.get_learning_rate_for_epoch(self.epoch)
+        )
         for updater in self._updaters():
             updater.set_learning_rate(self.learning_rate)
         self._seed_epoch()
 
     def _seed_epoch(self) -> None:
         """Seeds the random number generators from (random_seed, epoch): a resumed epoch draws the same numbers."""
-        seed_everything(self._random_seed * 1_000_003 + self.epoch)
+        seed_everything(self._random_seed * 1_000_003 + self.epoch + 7919 * self._ranks.rank)
 
     def train_epoch(self) -> None:
         """One epoch: steps over the training data, then save, evaluate and clean up."""
         print(f"start epoch {self.epoch} with learning rate {self.learning_rate} ...", file=log.v3)
-        batches = EpochBatches(self.train_dataset, self.epoch, self._pipeline)
+        batches = EpochBatches(self.train_dataset, self.epoch, self._data_options("train"))
+        self._steps_in_epoch = batches.num_batches
         skip_nonfinite = any(getattr(updater, "skip_nonfinite", False) for updater in self._updaters())
         tracker = LossTracker(self._device, keep_step_values=log.verbose[5], skip_nonfinite=skip_nonfinite)
         report = self._loop_report("train", batches, stop_on_nonfinite=not skip_nonfinite)
@@ -294,12 +314,29 @@ class Engine(EngineBase, MiniReturnnEngineNames):
         run_ctx = init_train_step_run_ctx(
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
-        self._step_loop(batches, self._train_one_step, run_ctx, tracker, report)
+        with self._ranks.train_forward(self._model):
+            totals = self._step_loop(
+                self._same_steps_on_all_ranks(batches), self._train_one_step, run_ctx, tracker, report
+            )
         for updater in self._updaters():  # a partial gradient accumulation at the epoch end still counts
             if hasattr(updater, "apply_update"):  # an updater written for Mini-RETURNN updates inside step()
                 updater.apply_update()
+        self._ranks.before_store(self._model)
         reset_run_ctx()
-        self._finish_train_epoch(tracker, report.watch.elapsed())
+        self._finish_train_epoch(totals, tracker.num_steps, report.watch.elapsed(), report.busy_share())
+
+    def _same_steps_on_all_ranks(self, batches: EpochBatches) -> Iterable[Dict[str, Any]]:
+        """A planned epoch gives every rank the same number of batches; a streamed one (a dataset without cheap
+        lengths) ends for every rank where the first rank runs out: one small collective per step, only then."""
+        if self._ranks.world_size == 1 or batches.num_batches is not None:
+            return batches
+        return self._until_a_rank_runs_out(batches)
+
+    def _until_a_rank_runs_out(self, batches: EpochBatches) -> Iterator[Dict[str, Any]]:
+        for data in itertools.chain(batches, [None]):
+            if not bool(self._ranks.all_true(torch.tensor(data is not None, device=self._device))):
+                return
+            yield data
 
     def _loop_report(self, name: str, batches: EpochBatches, *, stop_on_nonfinite: bool = False) -> LoopReport:
         return LoopReport(
@@ -311,40 +348,45 @@ class Engine(EngineBase, MiniReturnnEngineNames):
             progress_interval=self._progress_interval,
             stop_on_nonfinite=stop_on_nonfinite,
             first_global_step=self._train_step if name == "train" else 0,
+            ranks=self._ranks if self._ranks.world_size > 1 else None,
+            reduce_at_log_points=name == "train" and self._ranks.world_size > 1,
         )
 
     def _step_loop(
         self,
-        batches: EpochBatches,
+        batches: Iterable[Dict[str, Any]],
         run_step: Callable[[Dict[str, Any], RunCtx, int], StepResult],
         run_ctx: RunCtx,
         tracker: LossTracker,
         report: LoopReport,
-    ) -> None:
-        """The loop of training and evaluation: `run_step` per batch, losses summed on the device, log points."""
-        for step_idx, data in enumerate(batches):
+    ) -> Totals:
+        """The loop of training and evaluation: `run_step` per batch, losses summed on the device, log points;
+        returns the totals of the pass (over all ranks)."""
+        for step_idx, data in enumerate(report.timed(batches)):
             step_start = time.monotonic()
             run_ctx.init_step(self._train_step)
             total_loss, losses = run_step(data, run_ctx, step_idx)
             step_time = time.monotonic() - step_start
             tracker.add(losses, total_loss, global_step=report.first_global_step + step_idx, step_time=step_time)
             report.after_step(tracker, step_idx + 1)
-        report.finish(tracker)
+        return report.finish(tracker)
 
-    def _finish_train_epoch(self, tracker: LossTracker, seconds: float) -> None:
-        means = tracker.means()
-        skipped = tracker.nonfinite()[0] if tracker.skip_nonfinite else 0
-        summary = f"epoch {self.epoch}: trained {tracker.num_steps} steps in {seconds:.1f}s, " + format_losses(means)
-        if skipped:
-            summary += f", {skipped} step(s) with non-finite loss skipped"
+    def _finish_train_epoch(self, totals: Totals, num_steps: int, seconds: float, busy_share: float) -> None:
+        summary = f"epoch {self.epoch}: trained {num_steps} steps in {seconds:.1f}s, " + format_losses(totals.means)
+        summary += f", computing {100 * busy_share:.0f}% of the time (the rest waiting for data)"
+        if totals.num_nonfinite:  # only here where the updater skips such steps; else the loop stopped
+            summary += f", {totals.num_nonfinite} step(s) with non-finite loss skipped"
+        if self._ranks.world_size > 1:
+            summary += f" (steps of each of {self._ranks.world_size} ranks; losses over all ranks)"
         print(summary, file=log.v2)
         with self._stop_signals.deferred():  # stored as one unit; see resume.py for the order and why
-            resume.start_learning_rate_file(self.learning_rate_control)
+            if self._ranks.is_main:
+                resume.start_learning_rate_file(self.learning_rate_control)
             if self._should_save(self.epoch):
                 self._save_optimizer()
                 self.save_model()
-            self.learning_rate_control.set_epoch_error(self.epoch, means)
-            self.learning_rate_control.save()  # last: marks the epoch complete
+            self.learning_rate_control.set_epoch_error(self.epoch, totals.means)
+            self._save_learning_rates()  # last: marks the epoch complete
         self.eval_model()
         self._cleanup()
 
@@ -354,19 +396,23 @@ class Engine(EngineBase, MiniReturnnEngineNames):
 
     def _train_one_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int) -> StepResult:
         """:meth:`run_train_step` (which a CustomEngine may override, with or without `step_idx`), then the global
-        step counts on."""
-        if self._run_train_step_takes_step_idx:
-            result = self.run_train_step(data, run_ctx, step_idx)
-        else:
-            result = self.run_train_step(data, run_ctx)
+        step counts on. With DDP, gradients are reduced where an accumulation window ends and at the epoch's end."""
+        last_in_epoch = step_idx + 1 == self._steps_in_epoch
+        sync = last_in_epoch or not isinstance(self._updater, Updater) or self._updater.ends_accumulation(step_idx)
+        with self._ranks.grad_sync(sync):
+            if self._run_train_step_takes_step_idx:
+                result = self.run_train_step(data, run_ctx, step_idx)
+            else:
+                result = self.run_train_step(data, run_ctx)
         self._train_step += 1
+        self._ranks.after_update(self._model, self._train_step)
         return result
 
     def run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int = 0) -> StepResult:
         """Runs ``train_step`` and the parameter update; returns (total loss, losses by name)."""
         data = self.move_data_to_device(data)
         with autocast(self._device, self._amp_dtype):
-            self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
+            self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **with_unknown_kwarg())
         total_loss = run_ctx.total_loss()
         self._updater.step(total_loss, step_idx)
         return total_loss, run_ctx.losses
@@ -385,20 +431,20 @@ class Engine(EngineBase, MiniReturnnEngineNames):
             run_ctx = init_train_step_run_ctx(
                 device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
             )
-            batches = EpochBatches(dataset, self.epoch, self._pipeline)
+            batches = EpochBatches(dataset, self.epoch, self._data_options("eval"))
             tracker = LossTracker(self._device, keep_step_values=log.verbose[5])
             report = self._loop_report(f"eval {name}", batches)
             with torch.no_grad():
-                self._step_loop(batches, self._eval_one_step, run_ctx, tracker, report)
+                totals = self._step_loop(batches, self._eval_one_step, run_ctx, tracker, report)
             reset_run_ctx()
-            scores = {f"{name}_loss_{loss}": value for loss, value in tracker.means().items()}
+            scores = {f"{name}_loss_{loss}": value for loss, value in totals.means.items()}
             results[name] = scores
             print(
                 f"epoch {self.epoch} eval {name}: {format_losses(scores)} ({report.watch.elapsed():.1f}s)", file=log.v2
             )
             if self.learning_rate_control is not None:
                 self.learning_rate_control.set_epoch_error(self.epoch, scores)
-                self.learning_rate_control.save()
+                self._save_learning_rates()
         self._model.train()
         return results
 
@@ -409,7 +455,7 @@ class Engine(EngineBase, MiniReturnnEngineNames):
         """Runs ``train_step`` without an update; returns (total loss, losses by name)."""
         data = self.move_data_to_device(data)
         with autocast(self._device, self._amp_dtype):
-            self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
+            self._train_step_func(model=self._model, data=data, run_ctx=run_ctx, **with_unknown_kwarg())
         return run_ctx.total_loss(), run_ctx.losses
 
     def _is_dataset_evaluated(self, name: str) -> bool:
@@ -438,95 +484,6 @@ class Engine(EngineBase, MiniReturnnEngineNames):
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         self._load_model_for_inference()
 
-    # ---- forward -------------------------------------------------------------------------------------------------
-
-    def init_forward(self, forward_data: Optional[Dataset] = None) -> None:
-        """Task forward: the ``forward`` dataset (or ``forward_data``), checkpoint and ``forward_step``."""
-        use_forward_epoch_as_load_epoch(self.config)
-        self.forward_dataset = forward_data or self._dataset(*forward_dataset_options(self.config))
-        self._forward_step_func = self._config_function("forward_step", "the forward step")
-        self._load_model_for_inference()
-
-    def _load_model_for_inference(self) -> None:
-        """Loads ``load``, or epoch ``load_epoch`` of ``model``, or the newest stored epoch of ``model``; with none
-        of them and ``allow_random_model_init`` (i6_core's forward job without a checkpoint), a fresh model."""
-        path = inference_checkpoint(self.config, self.model_filename)
-        if path is None:
-            print("No checkpoint given: allow_random_model_init, the model keeps its initial parameters", file=log.v2)
-            self._load_model(epoch=1, state=None)
-        else:
-            print(f"Loading checkpoint {path}", file=log.v3)
-            state = checkpoints.load_model_checkpoint(path)
-            self._load_model(epoch=int(state.get("epoch") or 1), state=state)
-        self._start_epoch = self._final_epoch = self.epoch
-
-    def forward(self) -> None:
-        """Runs ``forward_step`` over the forward dataset, between ``forward_init_hook`` and ``forward_finish_hook``."""
-        self._forward_loop(self.forward_dataset, self.epoch)
-
-    def _forward_loop(
-        self, dataset: Dataset, data_epoch: int, prepare: Optional[Callable[[RunCtx], None]] = None
-    ) -> RunCtx:
-        """The hooks and ``forward_step`` over one epoch of `dataset`; returns the run context they used."""
-        self._model.eval()
-        run_ctx = init_forward_step_run_ctx(
-            device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
-        )
-        if prepare is not None:
-            prepare(run_ctx)
-        init_hook = self.config.typed_value("forward_init_hook")
-        finish_hook = self.config.typed_value("forward_finish_hook")
-        if init_hook is not None:
-            init_hook(run_ctx, **_with_unknown_kwarg())
-        watch, num_steps = Stopwatch(), 0
-        batches = EpochBatches(dataset, data_epoch, self._pipeline)
-        with torch.no_grad():
-            for data in batches:
-                run_ctx.init_step(self._train_step)
-                self.run_forward_step(data, run_ctx)
-                num_steps += 1
-                if log.verbose[3] and watch.due(self._progress_interval):
-                    print(
-                        f"forward: step {num_steps}/{batches.num_batches or '?'}, {hms(watch.elapsed())}", file=log.v3
-                    )
-        if finish_hook is not None:
-            finish_hook(run_ctx, **_with_unknown_kwarg())
-        reset_run_ctx()
-        print(f"Finished forwarding {num_steps} batches in {watch.elapsed():.1f}s", file=log.v3)
-        return run_ctx
-
-    # ---- priors --------------------------------------------------------------------------------------------------
-
-    def init_compute_priors(self) -> None:
-        """Task compute_priors (RETURNN's): the ``train`` dataset, checkpoint, ``forward_step`` and ``output_file``."""
-        if not self.config.has("train"):
-            raise ConfigError(
-                f"Task compute_priors needs the dataset 'train' (ReturnnComputePriorJobV2's prior_data) in "
-                f"{self.config.where()}"
-            )
-        if not self.config.value("output_file", ""):
-            raise ConfigError(
-                f"Task compute_priors needs 'output_file' (where the prior goes) in {self.config.where()}"
-            )
-        check_outputs({"output_file": self.config.value("output_file")})
-        self.forward_dataset = self._dataset("train")
-        self._forward_step_func = self._config_function("forward_step", "sums the posteriors for the prior")
-        self._load_model_for_inference()
-
-    def compute_priors(self) -> None:
-        """One epoch of ``train`` (epoch 1, as RETURNN) through ``forward_step``; the prior goes to ``output_file``."""
-        output_file = self.config.value("output_file")
-        print(f"Computing the prior over dataset 'train', writing to {output_file}", file=log.v3)
-        stamp = priors.file_stamp(output_file)  # a file already there (a rerun) is replaced, as a whole
-        run_ctx = self._forward_loop(self.forward_dataset, 1, prepare=priors.init_prior_sums)
-        priors.finish_priors(run_ctx, output_file, stamp)
-
-    def run_forward_step(self, data: Dict[str, Any], run_ctx: RunCtx) -> None:
-        """Runs ``forward_step`` on one batch."""
-        data = self.move_data_to_device(data)
-        with autocast(self._device, self._amp_dtype):
-            self._forward_step_func(model=self._model, data=data, run_ctx=run_ctx, **_with_unknown_kwarg())
-
     # ---- files ---------------------------------------------------------------------------------------------------
 
     def move_data_to_device(self, data: Dict[str, Any]) -> Dict[str, Any]:
@@ -542,20 +499,27 @@ class Engine(EngineBase, MiniReturnnEngineNames):
         return EpochDataLoader(self, dataset)
 
     def save_model(self) -> None:
-        """Writes the current epoch's model file."""
+        """Writes the current epoch's model file (rank 0 of several)."""
+        if not self._ranks.is_main:
+            return
         scaler_state = self._updater.grad_scaler_state() if isinstance(self._updater, Updater) else None
         extra = {"grad_scaler": scaler_state} if scaler_state is not None else None
         checkpoints.save_model(self.model_filename, self.epoch, self._model, self._train_step, extra=extra)
 
     def _save_optimizer(self) -> None:
         """Writes the current epoch's optimizer state (a custom engine with several updaters overrides this)."""
-        self._updater.save_optimizer(checkpoints.optimizer_path(self.model_filename, self.epoch))
+        if self._ranks.is_main:
+            self._updater.save_optimizer(checkpoints.optimizer_path(self.model_filename, self.epoch))
+
+    def _save_learning_rates(self) -> None:
+        if self._ranks.is_main:
+            self.learning_rate_control.save()
 
     def _cleanup(self) -> None:
         """Deletes what the stored epochs make unneeded: optimizer states but the two newest (enough to resume if one
         is damaged), and the epochs ``cleanup_old_models`` does not keep. It depends only on the files and scores,
         so a restart repeats it where a run stopped in the middle."""
-        if not self.model_filename:
+        if not self.model_filename or not self._ranks.is_main:
             return
         checkpoints.remove_old_optimizer_states(self.model_filename, keep_newest=2)
         options = self.config.bool_or_other("cleanup_old_models", None)

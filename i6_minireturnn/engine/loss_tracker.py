@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Protocol, Tuple
 
 import torch
 
 from .run_ctx import Loss
+
+
+class RankGroup(Protocol):
+    """The processes whose totals are added up (:class:`.distributed.Distributed`)."""
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor: ...
+
+    def union_of(self, names: List[str]) -> List[str]: ...
+
+
+_NONE_STEP = 2**62  # "no non-finite step", as a number that loses every min
+
+
+@dataclass
+class Totals:
+    """What a log point reads from the device: mean per loss and the non-finite steps."""
+
+    means: Dict[str, float]
+    num_nonfinite: int
+    first_nonfinite: Optional[int]
 
 
 class LossTracker:
@@ -61,18 +82,25 @@ class LossTracker:
             self._constants[value] = torch.full((), value, dtype=torch.float64, device=self.device)
         return self._constants[value]
 
-    def means(self) -> Dict[str, float]:
-        """sum(loss) / sum(inv_norm_factor) per name (one host sync)."""
-        if not self.loss_sums:
-            return {}
-        names = sorted(self.loss_sums)
-        values = torch.stack([self.loss_sums[n] / self.norm_sums[n] for n in names]).tolist()
-        return dict(zip(names, values))
-
-    def nonfinite(self) -> Tuple[int, Optional[int]]:
-        """(number of steps with a non-finite total loss, index of the first such step in this tracker)."""
-        count, first = torch.stack([self.num_nonfinite, self.first_nonfinite_step]).tolist()
-        return int(count), (int(first) if first >= 0 else None)
+    def totals(self, ranks: Optional[RankGroup] = None) -> Totals:
+        """Means and non-finite steps in one host sync; with `ranks` (several processes) over all ranks' steps: the
+        sums are added up (a loss that some rank never saw counts zero there), the first non-finite step is the
+        earliest on any rank."""
+        names = sorted(self.loss_sums) if ranks is None else ranks.union_of(sorted(self.loss_sums))
+        zero = self._constant(0.0)
+        sums = [self.loss_sums.get(n, zero) for n in names] + [self.norm_sums.get(n, zero) for n in names]
+        vector = torch.stack(sums + [self.num_nonfinite.to(torch.float64)])
+        first = torch.where(
+            self.first_nonfinite_step < 0,
+            torch.full_like(self.first_nonfinite_step, _NONE_STEP),
+            self.first_nonfinite_step,
+        )
+        if ranks is not None:
+            vector, first = ranks.all_reduce(vector, "sum"), ranks.all_reduce(first, "min")
+        values = vector.tolist()
+        first_step = int(first)
+        means = {name: values[i] / values[len(names) + i] for i, name in enumerate(names)}
+        return Totals(means, int(values[-1]), first_step if first_step != _NONE_STEP else None)
 
     def pop_step_lines(self) -> List[Tuple[int, float, Dict[str, float]]]:
         """The buffered per-step values, read in one sync: [(global_step, step_time, {name: value})]."""

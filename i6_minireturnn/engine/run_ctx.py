@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
 import torch
 
 from ..errors import TrainingError
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 _current: Optional[RunCtx] = None
 
@@ -31,7 +35,13 @@ class RunCtx:
     """
 
     def __init__(
-        self, *, stage: str, device: str, engine: Any = None, epoch: Optional[int] = None, global_step: int = 0
+        self,
+        *,
+        stage: str,
+        device: str,
+        engine: Optional[Engine] = None,
+        epoch: Optional[int] = None,
+        global_step: int = 0,
     ):
         self._stage = stage
         self._device = device
@@ -51,7 +61,7 @@ class RunCtx:
         return self._device
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> Optional[Engine]:
         """The engine running the step."""
         return self._engine
 
@@ -119,6 +129,12 @@ class RunCtx:
         return total
 
 
+def with_unknown_kwarg() -> Dict[str, None]:
+    """An extra keyword argument for calls of the config's step functions and hooks: they must take ``**kwargs`` so
+    that new arguments can be added later (Mini-RETURNN's rule)."""
+    return {f"__fwd_compatible_random_arg_{random.randint(0, 99)}": None}
+
+
 def set_run_ctx(ctx: Optional[RunCtx]) -> Optional[RunCtx]:
     """Makes `ctx` the current context (None: no context)."""
     global _current
@@ -126,17 +142,17 @@ def set_run_ctx(ctx: Optional[RunCtx]) -> Optional[RunCtx]:
     return ctx
 
 
-def init_load_run_ctx(device: str, engine: Any, epoch: int, global_step: int = 0) -> RunCtx:
+def init_load_run_ctx(device: str, engine: Optional[Engine], epoch: int, global_step: int = 0) -> RunCtx:
     """The context while ``get_model`` runs."""
     return set_run_ctx(RunCtx(stage="load", device=device, engine=engine, epoch=epoch, global_step=global_step))
 
 
-def init_train_step_run_ctx(device: str, engine: Any, epoch: int, global_step: int = 0) -> RunCtx:
+def init_train_step_run_ctx(device: str, engine: Optional[Engine], epoch: int, global_step: int = 0) -> RunCtx:
     """The context for train and eval steps of one epoch."""
     return set_run_ctx(RunCtx(stage="train_step", device=device, engine=engine, epoch=epoch, global_step=global_step))
 
 
-def init_forward_step_run_ctx(device: str, engine: Any, epoch: int, global_step: int = 0) -> RunCtx:
+def init_forward_step_run_ctx(device: str, engine: Optional[Engine], epoch: int, global_step: int = 0) -> RunCtx:
     """The context for forward steps and hooks."""
     return set_run_ctx(RunCtx(stage="forward_step", device=device, engine=engine, epoch=epoch, global_step=global_step))
 

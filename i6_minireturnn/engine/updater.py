@@ -248,7 +248,8 @@ class Updater:
 
     def step(self, loss: torch.Tensor, step_idx: int) -> None:
         """Back-propagates `loss`; updates the parameters every ``accum_grad_multiple_step`` steps."""
-        if self.skip_nonfinite and not bool(torch.isfinite(loss.detach())):  # syncs; only in this opt-in mode
+        # syncs; only in this opt-in mode. Several ranks skip together (DDP needs every rank's backward).
+        if self.skip_nonfinite and not bool(self.agree_on_finite(torch.isfinite(loss.detach()))):
             self.skip_step(step_idx)
             return
         if self._grad_scaler is not None:
@@ -256,8 +257,17 @@ class Updater:
         else:
             loss.backward()
         self._pending_grads = True
-        if (step_idx + 1) % self._accum_grad_multiple_step == 0:
+        if self.ends_accumulation(step_idx):
             self.apply_update()
+
+    def ends_accumulation(self, step_idx: int) -> bool:
+        """Whether step `step_idx` of the epoch is the last of its ``accum_grad_multiple_step`` window."""
+        return (step_idx + 1) % self._accum_grad_multiple_step == 0
+
+    @staticmethod
+    def agree_on_finite(flag: torch.Tensor) -> torch.Tensor:
+        """Whether the loss is finite everywhere: `flag` in one process; the engine sets the all-ranks check."""
+        return flag
 
     def apply_update(self) -> None:
         """Applies the accumulated gradients (also called at epoch end for a partial accumulation)."""
@@ -297,7 +307,7 @@ class Updater:
         It adds no gradient, but the accumulation window still ends where it would have: the gradients the other
         steps of the window accumulated are applied there (nothing happens where every step was skipped).
         """
-        if (step_idx + 1) % self._accum_grad_multiple_step == 0:
+        if self.ends_accumulation(step_idx):
             self.apply_update()
 
     def discard_gradients(self) -> None:

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..config import Config
+from ..data.chunking import chunk_lengths
 from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches, PipelineOptions
 from .dataset_source import load_dataset, run_tool
@@ -29,7 +30,7 @@ def analyze(dataset: Dataset, options: PipelineOptions, *, epoch: int = 1) -> Di
     if batches.plan is not None:  # planned: lengths without loading
         for batch in batches.plan:
             sizes.append(len(batch))
-            lengths = [dataset.get_seq_length(seq_idx) for _, seq_idx, _ in batch]
+            lengths = [chunk_lengths(dataset.get_seq_length(item.seq_idx), item.span) for item in batch]
             for key in dataset.data_keys:
                 values = [lengths_[key] for lengths_ in lengths]
                 real[key] = real.get(key, 0) + sum(values)

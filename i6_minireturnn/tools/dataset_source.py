@@ -8,8 +8,7 @@ import sys
 from typing import Any, Callable, Optional, Tuple
 
 from .. import compat
-from ..__main__ import load_config
-from ..config import Config
+from ..config import Config, load_config
 from ..data.dataset import Dataset
 from ..data.registry import init_dataset
 from ..errors import ConfigError, UserError

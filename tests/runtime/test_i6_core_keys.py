@@ -104,7 +104,6 @@ def test_allow_random_model_init_forwards_without_checkpoint(tmp_path, run_cli):
         (("++backend", "tensorflow"), "backend"),
         (("++use_tensorflow", "True"), "use_tensorflow"),
         (("++use_horovod", "True"), "use_horovod"),
-        (("++torch_distributed", "{}"), "torch_distributed"),
     ],
 )
 def test_keys_asking_for_what_the_runtime_does_not_do_stop_the_run(tmp_path, run_cli, override, key):

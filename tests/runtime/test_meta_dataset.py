@@ -37,7 +37,7 @@ def test_keys_come_from_their_datasets_matched_by_tag():
         tag = seq["seq_tag"]
         np.testing.assert_array_equal(seq["data"], feat.get_seq(i)["data"])
         np.testing.assert_array_equal(seq["classes"], align.get_seq(int(tag.split("-")[1]))["classes"])
-    assert meta.knows_seq_lengths() and meta.get_seq_length(0)["extra"] == 4
+    assert meta.has_cheap_lengths and meta.get_seq_length(0)["extra"] == 4
 
 
 def test_seq_list_file_restricts_the_corpus(tmp_path):
@@ -148,3 +148,13 @@ def test_concat_seqs_dataset(tmp_path):
                 "seq_list_file": str(tmp_path / "bad"),
             }
         )
+
+
+def test_seq_list_file_becomes_the_control_datasets_option(tmp_path):
+    (tmp_path / "list.txt").write_text("seq-3\n")
+    meta = _meta(seq_list_file=str(tmp_path / "list.txt"))
+    assert meta.control.seq_list_filter_file == str(tmp_path / "list.txt")
+    assert meta.datasets["align"].seq_list_filter_file is None
+    control = init_dataset({"class": "SyntheticSpeechDataset", "num_seqs": 12})
+    with pytest.raises(ConfigError, match="must be given as a dataset dict"):
+        _meta(seq_list_file=str(tmp_path / "list.txt"), datasets={"feat": control})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from i6_minireturnn.data.batching import BatchLimits, plan_batches
+from i6_minireturnn.data.batching import BatchLimits
 from i6_minireturnn.data.collate import collate_batch
 from i6_minireturnn.data.generating import DummyDataset, SyntheticSpeechDataset
 from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
@@ -50,7 +50,7 @@ def test_seq_orderings_are_permutations_and_reproducible(ordering):
     assert sorted(order(1)) == list(range(30))
     assert order(2) == order(2)
     dataset = SyntheticSpeechDataset(num_seqs=30)
-    lengths = [dataset._corpus_seq_lengths(i)["data"] for i in order(1)]
+    lengths = [dataset.corpus_seq_lengths(i)["data"] for i in order(1)]
     if ordering == "sorted":
         assert lengths == sorted(lengths)
     if ordering == "sorted_reverse":
@@ -74,12 +74,7 @@ def test_unknown_seq_ordering():
         dataset.init_seq_order(1)
 
 
-def test_batch_limits():
-    lengths = [{"data": n, "classes": 2} for n in (10, 10, 10, 30, 5, 5)]
-    assert plan_batches(lengths, BatchLimits(30)) == [[0, 1, 2], [3], [4, 5]]
-    assert plan_batches(lengths, BatchLimits(30, max_seqs=2)) == [[0, 1], [2], [3], [4, 5]]
-    assert plan_batches(lengths, BatchLimits({"classes": 6})) == [[0, 1, 2], [3, 4, 5]]
-    assert plan_batches(lengths, BatchLimits(25), drop_last=True) == [[0, 1], [2], [3]]
+def test_batch_limits_type_errors():
     with pytest.raises(ConfigError, match="batch_size"):
         BatchLimits("1000")
 
@@ -115,8 +110,7 @@ def test_batches_identical_for_any_worker_count():
 class _StreamOnly(SyntheticSpeechDataset):
     """The same data, but without known lengths (forces the streamed path)."""
 
-    def knows_seq_lengths(self):
-        return False
+    has_cheap_lengths = False
 
 
 def test_streamed_dataset_gives_the_same_batches():
@@ -254,7 +248,7 @@ def test_seq_list_filter_file(tmp_path):
 def test_epoch_wise_filter_keeps_short_sequences_early():
     opts = {"num_seqs": 30, "epoch_wise_filter": {(1, 2): {"max_num_seqs": 10}, (3, 3): {"max_mean_len": 12}}}
     dataset = SyntheticSpeechDataset(**opts)
-    all_lengths = sorted(dataset._corpus_seq_lengths(i)["data"] for i in range(30))
+    all_lengths = sorted(dataset.corpus_seq_lengths(i)["data"] for i in range(30))
     dataset.init_seq_order(1)
     assert sorted(dataset.get_seq_length(i)["data"] for i in range(dataset.num_seqs)) == all_lengths[:10]
     dataset.init_seq_order(3)
@@ -264,3 +258,41 @@ def test_epoch_wise_filter_keeps_short_sequences_early():
     assert dataset.num_seqs == 30
     with pytest.raises(ConfigError, match="epoch_wise_filter options"):
         SyntheticSpeechDataset(num_seqs=3, epoch_wise_filter={(1, 1): {"subdirs": []}})
+
+
+def test_datasets_written_against_the_earlier_hook_names_still_work():
+    from i6_minireturnn.data.dataset import DataKey, Dataset
+
+    class Squares(Dataset):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.data_keys = {"data": DataKey("data", 1, "float32", shape=(1,))}
+
+        def _corpus_size(self):
+            return 5
+
+        def _corpus_seq_lengths(self, corpus_idx):
+            return {"data": corpus_idx + 1}
+
+        def _load_seq(self, corpus_idx):
+            return {"data": np.full((corpus_idx + 1, 1), corpus_idx**2, "float32")}
+
+    dataset = Squares(seq_ordering="sorted_reverse")
+    assert dataset.has_cheap_lengths and dataset.corpus_size() == 5
+    batches = EpochBatches(dataset, 1, PipelineOptions(limits=BatchLimits(5), num_workers=0))
+    assert batches.num_batches == 4  # lengths 5 | 4 | 3 | 2 + 1, planned from the lengths
+    assert [b["data:size1"].tolist() for b in batches] == [[5], [4], [3], [2, 1]]
+
+
+def test_earlier_hook_names_call_and_extend_the_built_in_datasets():
+    from i6_minireturnn.data.generating import StaticDataset
+
+    class Doubled(StaticDataset):
+        def _load_seq(self, corpus_idx):
+            assert self._corpus_seq_tag(corpus_idx) == f"seq-{corpus_idx}"
+            return {key: value * 2 for key, value in super()._load_seq(corpus_idx).items()}
+
+    dataset = Doubled(data=[{"data": np.ones((3, 1), "float32")}])
+    dataset.init_seq_order(1)
+    assert dataset.get_seq(0)["data"].tolist() == [[2.0]] * 3 and dataset._corpus_size() == 1
+    assert dataset.has_cheap_lengths and dataset._corpus_seq_lengths(0) == {"data": 3}
