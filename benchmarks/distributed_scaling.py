@@ -1,0 +1,172 @@
+"""Multi-GPU scaling of the runtime's training: throughput of 1, 2 (and 4) GPUs on a Transformer CTC model of about
+26M parameters with 40k-frame batches, and the computing share (time the loop did not wait for data).
+
+Each run is what a user starts: ``python -m torch.distributed.run --standalone --nproc-per-node=N -m i6_minireturnn
+CONFIG`` (``torch_distributed = {}``: DDP, NCCL). Every run trains the same 2 epochs of the same data (3000 sequences
+of 200..1500 frames, 80 features, random labels); epoch 2 is timed (epoch 1 includes CUDA warm-up). Throughput is
+batches per second over all GPUs (each rank takes 1/N of the epoch's batches; training drops the remainder of fewer
+than N batches), the ratio against 1 GPU measured in the same invocation.
+
+    python benchmarks/distributed_scaling.py [--gpus 1 2 4] [--seqs 3000] [--layers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)  # run from a checkout, as the other benchmarks
+
+from i6_minireturnn.data.dataset import DataKey, Dataset  # noqa: E402
+
+CONFIG = """
+import sys
+sys.path.insert(0, {bench_dir!r})
+from distributed_scaling import RandomSpeech, get_model, train_step  # noqa: F401
+
+task = "train"
+device = "cuda"
+train = {{"class": RandomSpeech, "num_seqs": {seqs}, "seq_ordering": "laplace:.100"}}
+batch_size = 40000
+max_seqs = 200
+num_epochs = 2
+model = "out/model"
+learning_rate_file = "out/learning_rates"
+optimizer = {{"class": "adamw", "weight_decay": 0.01}}
+learning_rate = 1e-4
+torch_amp_options = {{"dtype": "bfloat16"}}
+torch_distributed = {{}}
+log_step_interval = 100
+LAYERS = {layers}
+"""
+
+FEATURES, CLASSES, SUBSAMPLING = 80, 100, 4
+
+
+class RandomSpeech(Dataset):
+    """3000 sequences of 200..1500 frames; features are slices of a few random arrays, so loading costs nearly
+    nothing and the benchmark measures the training, not the data."""
+
+    has_cheap_lengths = True
+
+    def __init__(self, num_seqs: int, **kwargs):
+        super().__init__(**kwargs)
+        rng = np.random.RandomState(0)
+        self.lengths = rng.randint(200, 1501, size=num_seqs)
+        self.pool = [rng.standard_normal((1500, FEATURES)).astype("float32") for _ in range(8)]
+        self.labels = rng.randint(0, CLASSES - 1, size=1500 // 8).astype("int32")
+        self.data_keys = {
+            "data": DataKey("data", FEATURES, "float32", shape=(FEATURES,)),
+            "classes": DataKey("classes", CLASSES, "int32", sparse=True),
+        }
+
+    def corpus_size(self) -> int:
+        return len(self.lengths)
+
+    def corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+        n = int(self.lengths[corpus_idx])
+        return {"data": n, "classes": n // 8}
+
+    def load_corpus_seq(self, corpus_idx: int):
+        n = int(self.lengths[corpus_idx])
+        return {"data": self.pool[corpus_idx % 8][:n], "classes": self.labels[: n // 8]}
+
+
+class TransformerCTC(torch.nn.Module):
+    """Frames stacked by 4, a Transformer encoder (512 dims, 8 heads, 2048 feed-forward), CTC output."""
+
+    def __init__(self, layers: int = 8, dim: int = 512):
+        super().__init__()
+        self.inp = torch.nn.Linear(FEATURES * SUBSAMPLING, dim)
+        layer = torch.nn.TransformerEncoderLayer(dim, 8, 4 * dim, dropout=0.1, batch_first=True, norm_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = torch.nn.Linear(dim, CLASSES)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        batch, time = x.shape[0], x.shape[1] // SUBSAMPLING * SUBSAMPLING
+        x = x[:, :time].reshape(batch, time // SUBSAMPLING, FEATURES * SUBSAMPLING)
+        lengths = lengths // SUBSAMPLING
+        mask = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+        return self.out(self.encoder(self.inp(x), src_key_padding_mask=mask)), lengths
+
+
+def get_model(epoch, step, **kwargs):
+    from i6_minireturnn.config import get_global_config
+
+    return TransformerCTC(layers=get_global_config().int("LAYERS", 8))
+
+
+def train_step(*, model, data, run_ctx, **kwargs):
+    logits, lengths = model(data["data"], data["data:size1"].to(data["data"].device))
+    log_probs = logits.float().log_softmax(-1).transpose(0, 1)
+    loss = torch.nn.functional.ctc_loss(
+        log_probs, data["classes"].long(), lengths, data["classes:size1"], blank=CLASSES - 1, reduction="sum"
+    )
+    run_ctx.mark_as_loss(loss, "ctc", inv_norm_factor=data["classes:size1"].sum())
+
+
+def run(gpus: int, folder: str, args: argparse.Namespace) -> Dict[str, float]:
+    """Trains 2 epochs on `gpus` GPUs; returns epoch 2's steps per rank, seconds and computing share."""
+    os.makedirs(folder, exist_ok=True)
+    config = os.path.join(folder, "returnn.config")
+    bench_dir = os.path.dirname(os.path.abspath(__file__))
+    with open(config, "w") as f:
+        f.write(textwrap.dedent(CONFIG.format(bench_dir=bench_dir, seqs=args.seqs, layers=args.layers)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(cmd + ["-m", "i6_minireturnn", config], cwd=folder, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-5000:])
+        raise SystemExit(f"{gpus} GPU run failed")
+    summaries = re.findall(r"epoch (\d+): trained (\d+) steps in ([\d.]+)s.*?computing (\d+)%", proc.stdout)
+    epoch2 = [s for s in summaries if s[0] == "2"][0]
+    params = re.search(r"Total number of parameters: (\d+)", proc.stdout)
+    return {
+        "steps": int(epoch2[1]),
+        "seconds": float(epoch2[2]),
+        "computing": int(epoch2[3]) / 100,
+        "params": int(params.group(1)) if params else 0,
+        "total": float(re.findall(r"Finished in ([\d.]+)s", proc.stdout)[-1]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seqs", type=int, default=3000)
+    parser.add_argument("--layers", type=int, default=8)
+    args = parser.parse_args()
+    available = torch.cuda.device_count()
+    gpus_list: List[int] = [g for g in args.gpus if g <= available]
+    print(f"{available} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}; runs: {gpus_list} GPU(s)")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for gpus in gpus_list:
+            results[gpus] = run(gpus, os.path.join(tmp, f"gpus{gpus}"), args)
+            r = results[gpus]
+            rate = r["steps"] * gpus / r["seconds"]
+            print(
+                f"{gpus} GPU(s): {r['params'] / 1e6:.1f}M parameters, epoch 2: {r['steps']} steps per rank in "
+                f"{r['seconds']:.1f}s = {rate:.2f} batches/s, computing {100 * r['computing']:.0f}%, "
+                f"whole run {r['total']:.1f}s",
+                flush=True,
+            )
+    base = results[gpus_list[0]]
+    base_rate = base["steps"] * gpus_list[0] / base["seconds"]
+    for gpus in gpus_list[1:]:
+        r = results[gpus]
+        print(f"speed-up {gpus} GPUs / {gpus_list[0]} GPU: {r['steps'] * gpus / r['seconds'] / base_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
