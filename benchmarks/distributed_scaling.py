@@ -103,10 +103,40 @@ class TransformerCTC(torch.nn.Module):
 def get_model(epoch, step, **kwargs):
     from i6_minireturnn.config import get_global_config
 
+    # cuDNN's attention builds a new execution plan for every new padded length, costing 4-6 ms of host time per
+    # layer and step with variable-length batches (seen with torch.profiler: it made this benchmark host-bound);
+    # flash / memory-efficient attention have no such cost.
+    if get_global_config().bool("BENCH_NO_CUDNN_ATTENTION", True):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
     return TransformerCTC(layers=get_global_config().int("LAYERS", 8))
 
 
+_PROFILE = {"step": 0, "profiler": None}
+
+
+def _profile_steps() -> None:
+    """With BENCH_PROFILE=<file>, rank 0 profiles 10 steps of epoch 2 (CPU and CUDA) and writes the table there."""
+    target = os.environ.get("BENCH_PROFILE")
+    if not target or os.environ.get("RANK", "0") != "0":
+        return
+    _PROFILE["step"] += 1
+    if _PROFILE["step"] == 60:
+        _PROFILE["profiler"] = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        )
+        _PROFILE["profiler"].__enter__()
+    elif _PROFILE["step"] == 70:
+        torch.cuda.synchronize()
+        _PROFILE["profiler"].__exit__(None, None, None)
+        table = _PROFILE["profiler"].key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+        table += "\n" + _PROFILE["profiler"].key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
+        with open(f"{target}.{os.environ.get('WORLD_SIZE', '1')}", "w") as f:
+            f.write(table)
+
+
 def train_step(*, model, data, run_ctx, **kwargs):
+    _profile_steps()
     logits, lengths = model(data["data"], data["data:size1"].to(data["data"].device))
     log_probs = logits.float().log_softmax(-1).transpose(0, 1)
     loss = torch.nn.functional.ctc_loss(
@@ -115,27 +145,78 @@ def train_step(*, model, data, run_ctx, **kwargs):
     run_ctx.mark_as_loss(loss, "ctc", inv_norm_factor=data["classes:size1"].sum())
 
 
-def run(gpus: int, folder: str, args: argparse.Namespace) -> Dict[str, float]:
+def plain_ddp_loop(config_file: str) -> None:
+    """The reference under torchrun: a hand-written DDP loop over the same sharded batches (planned by the runtime's
+    pipeline, loaded ahead by its worker), timing epoch 2 as the engine's summary line does."""
+    import time
+
+    import torch.distributed as dist
+
+    from i6_minireturnn.config import Config, set_global_config
+    from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
+    from i6_minireturnn.engine.run_ctx import RunCtx, set_run_ctx
+
+    config = Config()
+    config.load_file(config_file)
+    set_global_config(config)
+    dist.init_process_group("nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    torch.cuda.set_device(device)
+    torch.manual_seed(0)
+    model = get_model(epoch=1, step=0).to(device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    options = PipelineOptions.from_config(config, device=device)
+    if world > 1:
+        options = options.sharded(rank, world, remainder="drop")
+    dataset = RandomSpeech(num_seqs=config.int("BENCH_SEQS", 3000), seq_ordering="laplace:.100")
+    for epoch in (1, 2):
+        start, steps = time.perf_counter(), 0
+        total = torch.zeros((), device=device)
+        for batch in EpochBatches(dataset, epoch, options):
+            data = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            run_ctx = set_run_ctx(RunCtx(stage="train_step", device=device))
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                train_step(model=ddp, data=data, run_ctx=run_ctx)
+            loss = run_ctx.total_loss()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.detach()
+            steps += 1
+        float(total)
+        seconds = time.perf_counter() - start
+        if rank == 0:
+            print(f"epoch {epoch}: trained {steps} steps in {seconds:.1f}s, plain loop, computing 100%", flush=True)
+    print("Finished in 0.0s")
+    dist.destroy_process_group()
+
+
+def run(gpus: int, folder: str, args: argparse.Namespace, plain: bool = False) -> Dict[str, float]:
     """Trains 2 epochs on `gpus` GPUs; returns epoch 2's steps per rank, seconds and computing share."""
     os.makedirs(folder, exist_ok=True)
     config = os.path.join(folder, "returnn.config")
     bench_dir = os.path.dirname(os.path.abspath(__file__))
     with open(config, "w") as f:
         f.write(textwrap.dedent(CONFIG.format(bench_dir=bench_dir, seqs=args.seqs, layers=args.layers)))
+        f.write(f"BENCH_SEQS = {args.seqs}\n" + "".join(line + "\n" for line in args.extra))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(cmd + ["-m", "i6_minireturnn", config], cwd=folder, env=env, capture_output=True, text=True)
+    target = [os.path.abspath(__file__), "--plain-worker", config] if plain else ["-m", "i6_minireturnn", config]
+    proc = subprocess.run(cmd + target, cwd=folder, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-5000:])
         raise SystemExit(f"{gpus} GPU run failed")
     summaries = re.findall(r"epoch (\d+): trained (\d+) steps in ([\d.]+)s.*?computing (\d+)%", proc.stdout)
     epoch2 = [s for s in summaries if s[0] == "2"][0]
     params = re.search(r"Total number of parameters: (\d+)", proc.stdout)
+    if params:
+        print(f"model: {int(params.group(1)) / 1e6:.1f}M parameters")
     return {
         "steps": int(epoch2[1]),
         "seconds": float(epoch2[2]),
         "computing": int(epoch2[3]) / 100,
-        "params": int(params.group(1)) if params else 0,
         "total": float(re.findall(r"Finished in ([\d.]+)s", proc.stdout)[-1]),
     }
 
@@ -145,27 +226,36 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seqs", type=int, default=3000)
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--extra", nargs="*", default=[], help="config lines added to the runtime's config")
+    parser.add_argument("--plain", action="store_true", help="also time a hand-written DDP loop (reference)")
+    parser.add_argument("--plain-worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plain_worker:
+        plain_ddp_loop(args.plain_worker)
+        return
     available = torch.cuda.device_count()
     gpus_list: List[int] = [g for g in args.gpus if g <= available]
     print(f"{available} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}; runs: {gpus_list} GPU(s)")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for gpus in gpus_list:
-            results[gpus] = run(gpus, os.path.join(tmp, f"gpus{gpus}"), args)
-            r = results[gpus]
-            rate = r["steps"] * gpus / r["seconds"]
-            print(
-                f"{gpus} GPU(s): {r['params'] / 1e6:.1f}M parameters, epoch 2: {r['steps']} steps per rank in "
-                f"{r['seconds']:.1f}s = {rate:.2f} batches/s, computing {100 * r['computing']:.0f}%, "
-                f"whole run {r['total']:.1f}s",
-                flush=True,
-            )
-    base = results[gpus_list[0]]
-    base_rate = base["steps"] * gpus_list[0] / base["seconds"]
-    for gpus in gpus_list[1:]:
-        r = results[gpus]
-        print(f"speed-up {gpus} GPUs / {gpus_list[0]} GPU: {r['steps'] * gpus / r['seconds'] / base_rate:.2f}x")
+        for plain in [False, True] if args.plain else [False]:
+            name = "plain DDP loop" if plain else "runtime"
+            for gpus in gpus_list:
+                results[name, gpus] = r = run(gpus, os.path.join(tmp, f"{name}{gpus}"), args, plain=plain)
+                r["rate"] = r["steps"] * gpus / r["seconds"]
+                print(
+                    f"{name}, {gpus} GPU(s): epoch 2: {r['steps']} steps per rank in {r['seconds']:.1f}s = "
+                    f"{r['rate']:.2f} batches/s, computing {100 * r['computing']:.0f}%, whole run {r['total']:.1f}s",
+                    flush=True,
+                )
+            base = results[name, gpus_list[0]]
+            for gpus in gpus_list[1:]:
+                speedup = results[name, gpus]["rate"] / base["rate"]
+                print(f"{name}: speed-up {gpus} GPUs / {gpus_list[0]} GPU: {speedup:.2f}x")
+        if args.plain:
+            for gpus in gpus_list:
+                ratio = results["runtime", gpus]["rate"] / results["plain DDP loop", gpus]["rate"]
+                print(f"runtime / plain DDP loop throughput, {gpus} GPU(s): {ratio:.3f}")
 
 
 if __name__ == "__main__":
