@@ -32,6 +32,8 @@ FEATURES, CLASSES = 80, 40
 class RandomFrames(Dataset):
     """Framewise classification data held in memory (loading costs nothing): lengths 200..800 frames."""
 
+    has_cheap_lengths = True
+
     def __init__(self, num_seqs: int, **kwargs):
         super().__init__(**kwargs)
         rng = np.random.RandomState(0)
@@ -43,14 +45,14 @@ class RandomFrames(Dataset):
             "classes": DataKey("classes", CLASSES, "int32", sparse=True),
         }
 
-    def _corpus_size(self) -> int:
+    def corpus_size(self) -> int:
         return len(self.lengths)
 
-    def _corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
+    def corpus_seq_lengths(self, corpus_idx: int) -> Dict[str, int]:
         n = int(self.lengths[corpus_idx])
         return {"data": n, "classes": n}
 
-    def _load_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
+    def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         return {"data": self.features[corpus_idx], "classes": self.labels[corpus_idx]}
 
 
