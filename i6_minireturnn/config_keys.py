@@ -25,6 +25,9 @@ KNOWN_CONFIG_KEYS = frozenset("""
     newbob_learning_rate_decay newbob_learning_rate_growth newbob_relative_error_threshold
     newbob_relative_error_grow_threshold newbob_error_threshold newbob_multi_num_epochs newbob_multi_update_interval
     learning_rate_decay learning_rate_growth
+    dynamic_learning_rate learning_rate_piecewise_steps learning_rate_piecewise_values
+    learning_rate_piecewise_by_epoch_continuous learning_rate_warmup_steps learning_rate_invsqrt_norm
+    learning_rate_cosine_decay_steps learning_rate_cosine_decay_min_factor
     weight_decay gradient_clip gradient_clip_norm gradient_clip_norm_invalid_gradient_threshold gradient_noise
     accum_grad_multiple_step torch_amp_options stop_on_nonfinite_train_score
     get_model train_step forward_step forward_init_hook forward_finish_hook CustomEngine

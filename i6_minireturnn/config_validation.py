@@ -14,314 +14,67 @@ Unset keys and keys set to ``None`` mean "default" and are not checked.
 
 from __future__ import annotations
 
-import math
 import os
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict
 
 from .config import parse_bool
+from .config_rules import (
+    Mismatch,
+    Rule,
+    any_of,
+    as_number,
+    boolean,
+    dict_of,
+    function,
+    integer,
+    list_of,
+    number,
+    one_of,
+    options,
+    path,
+    per_data_key,
+    text,
+)
 from .engine.learning_rate_control import CONTROL_TYPE_NAMES
+from .engine.lr_schedule import step_schedule_from_config
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .config import Config
 
-
-class _Mismatch(Exception):
-    """A value a rule does not take; `entry` is the path inside a dict value (e.g. ``["betas"]``)."""
-
-    def __init__(self, expected: str, value: Any, entry: str = "", note: Optional[str] = None):
-        super().__init__(expected)
-        self.expected = expected
-        self.value = value
-        self.entry = entry
-        self.note = note  # a complete explanation that replaces "must be <expected>, got <value>"
-
-    def inside(self, entry: str) -> _Mismatch:
-        """The same mismatch, seen from the enclosing dict."""
-        self.entry = entry + self.entry
-        return self
-
-
-Rule = Callable[[Any], None]  # raises _Mismatch for a value it does not take
-
-
-# ---- value parsing, as the Config getters do it ------------------------------------------------------------------
-
-
-def _as_int(value: Any, *, floats: bool = True, strings: bool = True) -> Optional[int]:
-    """The int `value` stands for, as ``config.int`` reads it; None for anything else (bools included).
-
-    `floats` / `strings`: whether the reader converts integral floats / numeric strings (``config.int`` does; a
-    value inside a dict that goes to its user unconverted must be a real int).
-    """
-    if isinstance(value, bool):
-        return None  # True is an int to Python, never to a config reader
-    if isinstance(value, int):
-        return value
-    if floats and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if strings and isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _as_number(value: Any, *, strings: bool = True) -> Optional[float]:
-    """The float `value` stands for, as ``config.float`` reads it; None for anything else (bools, NaN included)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif strings and isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return None if math.isnan(number) else number
-
-
-def _range_text(minimum: Optional[float], maximum: Optional[float], *, above: bool = False) -> str:
-    if minimum is not None and maximum is not None:
-        return f" from {minimum:g} to {maximum:g}"
-    if minimum is not None:
-        return f" {'>' if above else '>='} {minimum:g}"
-    if maximum is not None:
-        return f" <= {maximum:g}"
-    return ""
-
-
-# ---- rules -------------------------------------------------------------------------------------------------------
-
-
-def integer(
-    minimum: Optional[int] = None,
-    maximum: Optional[int] = None,
-    *,
-    also: Sequence[int] = (),
-    also_text: str = "",
-    floats: bool = True,
-    strings: bool = True,
-) -> Rule:
-    """An int in [minimum, maximum]; `also` lists special values outside the range (``max_seqs = -1``)."""
-    expected = "an integer" + _range_text(minimum, maximum) + also_text
-
-    def check(value: Any) -> None:
-        number = _as_int(value, floats=floats, strings=strings)
-        if number is None:
-            raise _Mismatch(expected, value)
-        if number in also:
-            return
-        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-            raise _Mismatch(expected, value)
-
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
-
-
-def number(
-    minimum: Optional[float] = None,
-    maximum: Optional[float] = None,
-    *,
-    above: Optional[float] = None,
-    strings: bool = True,
-) -> Rule:
-    """A number >= minimum (or > above) and <= maximum."""
-    if above is not None:
-        expected = "a number" + _range_text(above, None, above=True)
-    else:
-        expected = "a number" + _range_text(minimum, maximum)
-
-    def check(value: Any) -> None:
-        parsed = _as_number(value, strings=strings)
-        if parsed is None:
-            raise _Mismatch(expected, value)
-        if (minimum is not None and parsed < minimum) or (maximum is not None and parsed > maximum):
-            raise _Mismatch(expected, value)
-        if above is not None and parsed <= above:
-            raise _Mismatch(expected, value)
-
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
-
-
-def boolean(*, strict: bool = False) -> Rule:
-    """True / False (unless `strict`, also 0 / 1 and 'true' / 'false', as ``config.bool`` reads them)."""
-
-    def check(value: Any) -> None:
-        if (not isinstance(value, bool)) if strict else parse_bool(value) is None:
-            raise _Mismatch("True or False", value)
-
-    check.expected = "True or False"  # type: ignore[attr-defined]
-    return check
-
-
-def one_of(*choices: str) -> Rule:
-    """One of the given strings."""
-    expected = "one of " + ", ".join(repr(c) for c in choices)
-
-    def check(value: Any) -> None:
-        if not isinstance(value, str) or value not in choices:
-            raise _Mismatch(expected, value)
-
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
-
-
-def text() -> Rule:
-    """A string."""
-
-    def check(value: Any) -> None:
-        if not isinstance(value, str):
-            raise _Mismatch("a string", value)
-
-    check.expected = "a string"  # type: ignore[attr-defined]
-    return check
-
-
-def path() -> Rule:
-    """A file name: a string or a path object."""
-
-    def check(value: Any) -> None:
-        if not isinstance(value, (str, os.PathLike)):
-            raise _Mismatch("a file name (string)", value)
-
-    check.expected = "a file name (string)"  # type: ignore[attr-defined]
-    return check
-
-
-def function() -> Rule:
-    """A function or class (anything callable)."""
-
-    def check(value: Any) -> None:
-        if not callable(value):
-            raise _Mismatch("a function", value)
-
-    check.expected = "a function"  # type: ignore[attr-defined]
-    return check
-
-
-def any_of(*rules: Rule, expected: Optional[str] = None) -> Rule:
-    """A value that one of the rules takes; a mismatch inside a dict rule is reported from there."""
-    description = expected or " or ".join(getattr(r, "expected", "?") for r in rules)
-
-    def check(value: Any) -> None:
-        deepest: Optional[_Mismatch] = None
-        for rule in rules:
-            try:
-                rule(value)
-                return
-            except _Mismatch as mismatch:
-                if mismatch.entry and deepest is None:
-                    deepest = mismatch  # the value has the right shape, one of its entries is wrong
-        raise deepest or _Mismatch(description, value)
-
-    check.expected = description  # type: ignore[attr-defined]
-    return check
-
-
-def list_of(rule: Rule, *, what: str, non_empty: bool = False) -> Rule:
-    """A list or tuple whose items the rule takes; `what` names the items (plural)."""
-    expected = f"a {'non-empty ' if non_empty else ''}list of {what}"
-
-    def check(value: Any) -> None:
-        if not isinstance(value, (list, tuple)) or (non_empty and not value):
-            raise _Mismatch(expected, value)
-        for i, item in enumerate(value):
-            try:
-                rule(item)
-            except _Mismatch as mismatch:
-                raise mismatch.inside(f"[{i}]") from None
-
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
-
-
-def dict_of(value_rule: Rule, *, key_rule: Optional[Rule] = None, non_empty: bool = False, what: str = "") -> Rule:
-    """A dict whose values (and keys) the rules take."""
-    expected = f"a {'non-empty ' if non_empty else ''}dict {what or '{key: ' + _describe(value_rule) + '}'}"
-
-    def check(value: Any) -> None:
-        if not isinstance(value, dict) or (non_empty and not value):
-            raise _Mismatch(expected, value)
-        for key, item in value.items():
-            if key_rule is not None:
-                try:
-                    key_rule(key)
-                except _Mismatch as mismatch:
-                    note = f"has the key {key!r} ({type(key).__name__}), which must be {mismatch.expected}"
-                    raise _Mismatch(expected, value, note=note) from None
-            try:
-                value_rule(item)
-            except _Mismatch as mismatch:
-                raise mismatch.inside(f"[{key!r}]") from None
-
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
-
-
-def options(entries: Dict[str, Rule], *, required: Iterable[str] = (), closed: bool = True, what: str = "") -> Rule:
-    """A dict of named options: each entry present is checked; `closed` refuses names not listed."""
-    required = tuple(required)
-    expected = what or f"a dict with entries {', '.join(entries)}"
-
-    def check(value: Any) -> None:
-        if not isinstance(value, dict):
-            raise _Mismatch(expected, value)
-        for name in required:
-            if name not in value:
-                raise _Mismatch(expected, value, note=f"needs the entry {name!r}, got {value!r}")
-        unknown = sorted(str(k) for k in value if k not in entries) if closed else []
-        if unknown:
-            raise _Mismatch(
-                expected, value, note=f"has unknown entries {unknown}; valid: {', '.join(entries)}; got {value!r}"
-            )
-        for name, item in value.items():
-            rule = entries.get(name)
-            if rule is None or item is None:
-                continue
-            try:
-                rule(item)
-            except _Mismatch as mismatch:
-                raise mismatch.inside(f"[{name!r}]") from None
-
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
-
-
-def _describe(rule: Rule) -> str:
-    return getattr(rule, "expected", "values")
-
-
 # ---- rules of the composite keys ---------------------------------------------------------------------------------
-
-
-def _per_data_key(rule: Rule, per_key: Optional[Rule] = None) -> Rule:
-    """``batch_size`` / ``min_seq_length``: one value for every data key, or a dict {data key: value}."""
-    per_key = per_key or rule
-    return any_of(
-        rule,
-        dict_of(per_key, key_rule=text(), non_empty=True, what="{data key: " + _describe(per_key) + "}"),
-        expected=f"{_describe(rule)}, or a dict {{data key: {_describe(rule)}}}",
-    )
 
 
 def _learning_rates(value: Any) -> None:
     """A non-empty list (epochs 1, 2, ...) or dict {epoch: rate} of rates >= 0; line-based: "0.1,0.05"."""
     expected = "a non-empty list of numbers >= 0 (one per epoch) or a dict {epoch: number >= 0}"
     if isinstance(value, str):  # a single line-based value, which config.float_list reads as one rate
-        if _as_number(value) is None or _as_number(value) < 0:
-            raise _Mismatch(expected, value)
+        if as_number(value) is None or as_number(value) < 0:
+            raise Mismatch(expected, value)
         return
     if not isinstance(value, (list, tuple, dict)) or not value:
-        raise _Mismatch(expected, value)  # an empty schedule would silently train at learning rate 1.0
+        raise Mismatch(expected, value)  # an empty schedule would silently train at learning rate 1.0
     if isinstance(value, dict):
         dict_of(number(0), key_rule=integer(1), what="{epoch: number >= 0}")(value)
     else:
         list_of(number(0), what="numbers >= 0")(value)
+
+
+def _dynamic_learning_rate(value: Any) -> None:
+    """RETURNN's per-step function ``dynamic_learning_rate(*, global_train_step, epoch, learning_rate, **kwargs)``."""
+    if isinstance(value, dict):
+        raise Mismatch(
+            "a function",
+            value,
+            note=f"= {value!r}: the dict form (TensorFlow RETURNN's cyclic schedule) is not supported; write a "
+            "function dynamic_learning_rate(*, global_train_step, epoch, learning_rate, **kwargs) returning the rate",
+        )
+    function()(value)
+
+
+def _numbers(rule: Rule, what: str) -> Rule:
+    """A non-empty list of numbers, or one number (as ``config.float_list`` reads a single value)."""
+    return any_of(rule, list_of(rule, what=what, non_empty=True), expected=f"a non-empty list of {what}")
 
 
 def _torch_amp_options(value: Any) -> None:
@@ -331,8 +84,8 @@ def _torch_amp_options(value: Any) -> None:
     if isinstance(value, str):
         try:
             dtypes(value)
-        except _Mismatch:
-            raise _Mismatch(expected, value) from None
+        except Mismatch:
+            raise Mismatch(expected, value) from None
         return
     options({"dtype": dtypes}, required=["dtype"], closed=False, what=expected)(value)
 
@@ -360,19 +113,19 @@ def _cleanup_old_models(value: Any) -> None:
     """``True`` / ``False`` or ``{"keep": [epochs], "keep_last_n": n, "keep_best_n": n}``."""
     if not isinstance(value, dict):
         if parse_bool(value) is None:
-            raise _Mismatch("True, False or a dict {'keep': [...], 'keep_last_n': n, 'keep_best_n': n}", value)
+            raise Mismatch("True, False or a dict {'keep': [...], 'keep_last_n': n, 'keep_best_n': n}", value)
         return
     epochs = integer(1, floats=False, strings=False)
 
     def keep(item: Any) -> None:
         # i6_core's ReturnnTrainingJob writes keep_epochs as given: a list, a set or a range
         if not isinstance(item, (list, tuple, set, frozenset, range)):
-            raise _Mismatch("a list of epochs (integers >= 1)", item)
+            raise Mismatch("a list of epochs (integers >= 1)", item)
         for epoch in item:
             try:
                 epochs(epoch)
-            except _Mismatch:
-                raise _Mismatch("a list of epochs (integers >= 1)", item) from None
+            except Mismatch:
+                raise Mismatch("a list of epochs (integers >= 1)", item) from None
 
     options(
         {
@@ -389,18 +142,18 @@ def _dataset(value: Any) -> None:
     expected = "a dataset dict with a 'class' entry"
     if isinstance(value, dict):
         if "class" not in value:
-            raise _Mismatch(expected, value, note=f"has no 'class' entry: {value!r}")
+            raise Mismatch(expected, value, note=f"has no 'class' entry: {value!r}")
         return
     from .data.dataset import Dataset  # only here: importing the data package loads numpy
 
     if not isinstance(value, Dataset):
-        raise _Mismatch(expected, value)
+        raise Mismatch(expected, value)
 
 
 def _names(value: Any) -> None:
     """Parameter names: a list, tuple or set of strings."""
     if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(v, str) for v in value):
-        raise _Mismatch("a list of parameter names (strings)", value)
+        raise Mismatch("a list of parameter names (strings)", value)
 
 
 def _preload_from_files(value: Any) -> None:
@@ -427,11 +180,11 @@ def _betas(value: Any) -> None:
     """Adam's (beta1, beta2): two numbers from 0 to 1 (torch checks the open bound)."""
     expected = "a pair of numbers from 0 to 1"
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise _Mismatch(expected, value)
+        raise Mismatch(expected, value)
     for item in value:
-        parsed = _as_number(item, strings=False)
+        parsed = as_number(item, strings=False)
         if parsed is None or not 0 <= parsed <= 1:
-            raise _Mismatch(expected, value)
+            raise Mismatch(expected, value)
 
 
 def _epsilon(value: Any) -> None:
@@ -441,9 +194,9 @@ def _epsilon(value: Any) -> None:
     for item in items:
         if item is None and items is not value:
             continue
-        parsed = _as_number(item, strings=False)
+        parsed = as_number(item, strings=False)
         if parsed is None or parsed < 0:
-            raise _Mismatch(expected, value)
+            raise Mismatch(expected, value)
 
 
 # The optimizer arguments whose type and range are known for every torch.optim class that takes them; other
@@ -476,19 +229,19 @@ def _optimizer(value: Any) -> None:
     """A dict with ``class`` (a torch.optim class name) and arguments of the right type."""
     expected = "a dict like {'class': 'adam', ...}"
     if not isinstance(value, dict):
-        raise _Mismatch(expected, value)
+        raise Mismatch(expected, value)
     if "class" not in value:
-        raise _Mismatch(expected, value, note=f"has no 'class' entry (e.g. 'adam', 'adamw', 'sgd'): {value!r}")
+        raise Mismatch(expected, value, note=f"has no 'class' entry (e.g. 'adam', 'adamw', 'sgd'): {value!r}")
     from .engine.updater import get_optimizer_class  # only here: it imports torch
 
     try:
         get_optimizer_class(value["class"])
     except ConfigError as exc:
-        raise _Mismatch(expected, value["class"], "['class']", note=str(exc)) from None
+        raise Mismatch(expected, value["class"], "['class']", note=str(exc)) from None
     for name in ("learning_rate", "lr"):
         if name in value:
             # the optimizer's lr is set from learning_rate / learning_rates (and learning-rate control) per epoch
-            raise _Mismatch(
+            raise Mismatch(
                 expected,
                 value[name],
                 f"[{name!r}]",
@@ -501,7 +254,7 @@ def _optimizer(value: Any) -> None:
             continue
         try:
             rule(item)
-        except _Mismatch as mismatch:
+        except Mismatch as mismatch:
             raise mismatch.inside(f"[{name!r}]") from None
 
 
@@ -511,8 +264,8 @@ def _log_verbosity(value: Any) -> None:
     for item in value if isinstance(value, (list, tuple)) and value else [value]:
         try:
             check(item)
-        except _Mismatch:
-            raise _Mismatch("an integer from 0 to 5", value) from None
+        except Mismatch:
+            raise Mismatch("an integer from 0 to 5", value) from None
 
 
 def _log_files(value: Any) -> None:
@@ -520,7 +273,7 @@ def _log_files(value: Any) -> None:
     if isinstance(value, (str, os.PathLike)):
         return
     if not isinstance(value, (list, tuple)):
-        raise _Mismatch("a file name or a list of file names", value)
+        raise Mismatch("a file name or a list of file names", value)
     list_of(path(), what="file names")(value)
 
 
@@ -529,7 +282,7 @@ def _error_measure(value: Any) -> None:
     if isinstance(value, str):
         return
     if not isinstance(value, (list, tuple)):
-        raise _Mismatch("a score name (e.g. 'dev_loss_ce') or a list of them", value)
+        raise Mismatch("a score name (e.g. 'dev_loss_ce') or a list of them", value)
     list_of(text(), what="score names")(value)
 
 
@@ -570,11 +323,11 @@ RULES: Dict[str, Rule] = {
     "forward_data": any_of(text(), _dataset, expected="a dataset dict or the name of a dataset key (e.g. 'dev')"),
     "eval_datasets": dict_of(_dataset, key_rule=text(), what="{name: dataset dict}"),
     # a string batch_size is read with config.int; dict values and the length limits are used as they are
-    "batch_size": _per_data_key(integer(1, floats=False), integer(1, floats=False, strings=False)),
+    "batch_size": per_data_key(integer(1, floats=False), integer(1, floats=False, strings=False)),
     "max_seqs": integer(1, also=(-1,), also_text=" (or -1: no limit, the default)"),
     "batch_drop_last": _FLAG,
-    "min_seq_length": _per_data_key(integer(0, floats=False, strings=False)),
-    "max_seq_length": _per_data_key(integer(1, floats=False, strings=False)),
+    "min_seq_length": per_data_key(integer(0, floats=False, strings=False)),
+    "max_seq_length": per_data_key(integer(1, floats=False, strings=False)),
     "chunking_options": _chunking_options,
     "num_workers_per_gpu": integer(0),
     "data_worker_type": one_of("thread", "process"),
@@ -608,6 +361,15 @@ RULES: Dict[str, Rule] = {
     "newbob_error_threshold": number(),
     "newbob_multi_num_epochs": integer(1),
     "newbob_multi_update_interval": integer(1),
+    # learning rate of each step (engine/lr_schedule.py checks them together)
+    "dynamic_learning_rate": _dynamic_learning_rate,
+    "learning_rate_piecewise_steps": _numbers(number(above=0), "numbers > 0"),
+    "learning_rate_piecewise_values": _numbers(number(0), "numbers >= 0"),
+    "learning_rate_piecewise_by_epoch_continuous": _FLAG,
+    "learning_rate_warmup_steps": integer(0),
+    "learning_rate_invsqrt_norm": number(above=0),
+    "learning_rate_cosine_decay_steps": integer(1),
+    "learning_rate_cosine_decay_min_factor": number(0, 1),
     # logging, seeds, checks
     "random_seed": integer(),
     "log": _log_files,
@@ -642,11 +404,13 @@ def validate_config(config: Config) -> None:
             continue  # unset: the reader's default applies
         try:
             rule(value)
-        except _Mismatch as mismatch:
+        except Mismatch as mismatch:
             raise _error(config, key, mismatch) from None
+    if config.value("task", "train") == "train":
+        step_schedule_from_config(config)  # the step-schedule keys together (lengths, combinations)
 
 
-def _error(config: Config, key: str, mismatch: _Mismatch) -> ConfigError:
+def _error(config: Config, key: str, mismatch: Mismatch) -> ConfigError:
     entry = f" entry {mismatch.entry}" if mismatch.entry else ""
     source = config.source_of(key)
     if mismatch.note is not None:

@@ -34,6 +34,7 @@ from .distributed import init_distributed
 from .inference import InferenceTasks
 from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
 from .loss_tracker import LossTracker, Totals
+from .lr_schedule import epoch_continuous
 from .mini_returnn_names import EngineBase, EpochDataLoader, MiniReturnnEngineNames
 from .output_checks import estimate_checkpoint_bytes, warn_on_low_space
 from .reporting import LoopReport, format_losses
@@ -397,6 +398,13 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     def _train_one_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int) -> StepResult:
         """:meth:`run_train_step` (which a CustomEngine may override, with or without `step_idx`), then the global
         step counts on. With DDP, gradients are reduced where an accumulation window ends and at the epoch's end."""
+        for updater in self._updaters():  # the learning rate of this step (dynamic_learning_rate, step schedules)
+            if hasattr(updater, "set_current_train_step"):  # an updater written for Mini-RETURNN has none
+                updater.set_current_train_step(
+                    global_train_step=self._train_step,
+                    epoch=self.epoch,
+                    epoch_continuous=epoch_continuous(self.epoch, step_idx, self._steps_in_epoch),
+                )
         last_in_epoch = step_idx + 1 == self._steps_in_epoch
         sync = last_in_epoch or not isinstance(self._updater, Updater) or self._updater.ends_accumulation(step_idx)
         with self._ranks.grad_sync(sync):

@@ -1,4 +1,5 @@
-"""Parameter updates: optimizer from the ``optimizer`` dict, gradient accumulation, clipping, noise, AMP scaling.
+"""Parameter updates: optimizer from the ``optimizer`` dict, learning rate of each step, gradient accumulation,
+clipping, noise, AMP scaling.
 
 :class:`Updater` is also ``returnn.torch.updater.Updater`` for configs: custom engines (GAN vocoders) create one per
 optimizer with Mini-RETURNN's constructor, some with a plain dict as ``config`` and some as a subclass whose own
@@ -17,6 +18,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..log import log
 from .checkpoints import load_file, save_torch_atomic
+from .lr_schedule import StepSchedule, step_schedule_from_config
 
 UpdaterConfig = Union[Config, Dict[str, Any]]
 
@@ -152,6 +154,10 @@ class Updater:
 
     `config` is the runtime Config or, for an engine with several optimizers, a dict with the same keys
     (``optimizer``, ``gradient_clip``, ``gradient_clip_norm``, ``accum_grad_multiple_step``, ``weight_decay``, ...).
+    It owns the learning rate: :meth:`set_learning_rate` takes the epoch's rate (:attr:`learning_rate`, as in
+    RETURNN), :meth:`set_current_train_step` turns it into the step's rate where the config has a step schedule
+    (``dynamic_learning_rate`` or the declarative keys of lr_schedule.py); :meth:`get_effective_learning_rate` is
+    the rate the optimizer uses now (without an optimizer's ``learning_rate_multiplier``).
     It owns what a step with a non-finite loss does: with ``stop_on_nonfinite_train_score = False`` such a step is
     left out of the update (:attr:`skip_nonfinite`); otherwise it is applied and the engine stops at its next log
     point.
@@ -169,6 +175,10 @@ class Updater:
     _pending_grads = False
     num_skipped_updates = 0
     skip_nonfinite = False
+    learning_rate = 1.0
+    _effective_learning_rate: Optional[float] = None
+    _step_schedule: Optional[StepSchedule] = None
+    _step_state: Optional[Dict[str, Any]] = None  # the arguments of the last set_current_train_step (with a schedule)
 
     def __init__(
         self, *, config: UpdaterConfig, network: torch.nn.Module, device: str, initial_learning_rate: float = 1.0
@@ -192,6 +202,12 @@ class Updater:
         self.num_skipped_updates = 0
         self.optimizer = None
         self._grad_scaler = None
+        # custom engines give some updaters a plain dict of optimizer settings: no step schedule there
+        self._step_schedule = step_schedule_from_config(config) if isinstance(config, Config) else None
+        if self._step_schedule is not None:
+            print(f"Learning rate of each step: {self._step_schedule.description}", file=log.v3)
+        self._step_state = None
+        self._effective_learning_rate = initial_learning_rate
 
     def create_optimizer(self) -> None:
         """Builds the optimizer from the ``optimizer`` and ``weight_decay`` keys."""
@@ -236,11 +252,49 @@ class Updater:
             self._grad_scaler.load_state_dict(state)
 
     def set_learning_rate(self, value: float) -> None:
-        """Sets the learning rate of all parameter groups (times the optimizer's ``learning_rate_multiplier``)."""
+        """Sets the epoch's learning rate (called per epoch). Without a step schedule every parameter group uses it
+        (times the optimizer's ``learning_rate_multiplier``); with one, the next :meth:`set_current_train_step` gives
+        the step's rate from it (the optimizer keeps the last step's rate until then, or takes `value` where no step
+        was seen yet, e.g. under a custom engine that does not set steps)."""
         self.learning_rate = value
-        multiplier = getattr(self.optimizer, "lr_multiplier", 1.0)
+        if self._step_schedule is None or self._step_state is None:
+            self._apply_learning_rate(value)
+
+    def set_current_train_step(
+        self, *, global_train_step: int, epoch: int, epoch_continuous: Optional[float] = None
+    ) -> None:
+        """Sets the learning rate of the next training step from the step schedule (RETURNN's name and arguments).
+
+        `global_train_step`: steps done in the whole training before this one (0 at the very first);
+        `epoch_continuous`: epochs done, e.g. 1.25 a quarter into epoch 2 (None where unknown). Without a step
+        schedule the epoch's rate stays and nothing happens.
+        """
+        if self._step_schedule is None:
+            return
+        self._step_state = {
+            "global_train_step": global_train_step,
+            "epoch": epoch,
+            "epoch_continuous": epoch_continuous,
+        }
+        self._apply_learning_rate(self._step_schedule.rate(**self._step_state, learning_rate=self.learning_rate))
+
+    def get_effective_learning_rate(self) -> float:
+        """The learning rate the current step uses (RETURNN's name): the epoch's rate, changed per step by the step
+        schedule; the optimizer's ``learning_rate_multiplier`` is not included."""
+        if self._effective_learning_rate is None:
+            return self.learning_rate
+        return self._effective_learning_rate
+
+    def _apply_learning_rate(self, value: float) -> None:
+        self._effective_learning_rate = value
+        if self.optimizer is None:
+            return  # the optimizer is created with self.learning_rate
+        rate = value * getattr(self.optimizer, "lr_multiplier", 1.0)
         for group in self.optimizer.param_groups:
-            group["lr"] = value * multiplier
+            if isinstance(group["lr"], torch.Tensor):  # a capturable optimizer's device lr: updated in place
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
 
     def get_optimizer(self) -> torch.optim.Optimizer:
         """The torch optimizer."""
