@@ -120,7 +120,7 @@ class RunCtx:
         for loss in self.losses.values():
             if loss.scale == 0.0:
                 continue
-            value = loss.loss * loss.scale
+            value = loss.loss if loss.scale == 1.0 else loss.loss * loss.scale  # no kernel for the usual scale
             if loss.inv_norm_factor is not None:
                 value = value / loss.inv_norm_factor
             total = value if total is None else total + value

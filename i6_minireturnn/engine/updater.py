@@ -327,25 +327,9 @@ class Updater:
         """Applies the accumulated gradients (also called at epoch end for a partial accumulation)."""
         if not self._pending_grads:
             return
-        params = [p for p in self.network.parameters() if p.grad is not None]
         if self._grad_scaler is not None:
             self._grad_scaler.unscale_(self.optimizer)
-        if self._grad_noise:
-            for p in params:
-                p.grad.add_(torch.randn_like(p.grad) * self._grad_noise)
-        if self._grad_clip is not None:
-            torch.nn.utils.clip_grad_value_(params, self._grad_clip)
-        valid = True
-        if self._grad_clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, self._grad_clip_norm)
-            valid = bool(torch.isfinite(norm))  # syncs once per update; only with gradient_clip_norm
-            if valid:
-                self._num_invalid_gradients = 0
-            else:
-                self._num_invalid_gradients += 1
-                self.num_skipped_updates += 1
-                if self._num_invalid_gradients >= self._grad_clip_norm_invalid_gradient_threshold:
-                    raise RuntimeError(f"Got {self._num_invalid_gradients} non-finite gradient norms in a row")
+        valid = self._noise_and_clip_gradients() if self._changes_gradients() else True
         if self._grad_scaler is not None:
             if valid:
                 self._grad_scaler.step(self.optimizer)
@@ -354,6 +338,31 @@ class Updater:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._pending_grads = False
+
+    def _changes_gradients(self) -> bool:
+        return bool(self._grad_noise) or self._grad_clip is not None or self._grad_clip_norm is not None
+
+    def _noise_and_clip_gradients(self) -> bool:
+        """``gradient_noise``, ``gradient_clip``, ``gradient_clip_norm``; False where the gradient norm is not finite
+        (the update is skipped)."""
+        params = [p for p in self.network.parameters() if p.grad is not None]
+        if self._grad_noise:
+            for p in params:
+                p.grad.add_(torch.randn_like(p.grad) * self._grad_noise)
+        if self._grad_clip is not None:
+            torch.nn.utils.clip_grad_value_(params, self._grad_clip)
+        if self._grad_clip_norm is None:
+            return True
+        norm = torch.nn.utils.clip_grad_norm_(params, self._grad_clip_norm)
+        valid = bool(torch.isfinite(norm))  # syncs once per update; only with gradient_clip_norm
+        if valid:
+            self._num_invalid_gradients = 0
+        else:
+            self._num_invalid_gradients += 1
+            self.num_skipped_updates += 1
+            if self._num_invalid_gradients >= self._grad_clip_norm_invalid_gradient_threshold:
+                raise RuntimeError(f"Got {self._num_invalid_gradients} non-finite gradient norms in a row")
+        return valid
 
     def skip_step(self, step_idx: int) -> None:
         """A step left out of the update (non-finite loss, ``stop_on_nonfinite_train_score = False``).
