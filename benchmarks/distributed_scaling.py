@@ -194,7 +194,11 @@ def plain_ddp_loop(config_file: str) -> None:
 
 
 def run(gpus: int, folder: str, args: argparse.Namespace, plain: bool = False) -> Dict[str, float]:
-    """Trains 2 epochs on `gpus` GPUs; returns epoch 2's steps per rank, seconds and computing share."""
+    """Trains 2 epochs on `gpus` GPUs; returns epoch 2's steps per rank, seconds and computing share, and the whole
+    process's wall time."""
+    import time
+
+    started = time.perf_counter()
     os.makedirs(folder, exist_ok=True)
     config = os.path.join(folder, "returnn.config")
     bench_dir = os.path.dirname(os.path.abspath(__file__))
@@ -202,6 +206,8 @@ def run(gpus: int, folder: str, args: argparse.Namespace, plain: bool = False) -
         f.write(textwrap.dedent(CONFIG.format(bench_dir=bench_dir, seqs=args.seqs, layers=args.layers)))
         f.write(f"BENCH_SEQS = {args.seqs}\n" + "".join(line + "\n" for line in args.extra))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"]
+    if gpus == 1 and args.single_without_torchrun and not plain:
+        cmd = [sys.executable]  # as a user starts a one-GPU training: python -m i6_minireturnn CONFIG
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
     target = [os.path.abspath(__file__), "--plain-worker", config] if plain else ["-m", "i6_minireturnn", config]
     proc = subprocess.run(cmd + target, cwd=folder, env=env, capture_output=True, text=True)
@@ -217,7 +223,7 @@ def run(gpus: int, folder: str, args: argparse.Namespace, plain: bool = False) -
         "steps": int(epoch2[1]),
         "seconds": float(epoch2[2]),
         "computing": int(epoch2[3]) / 100,
-        "total": float(re.findall(r"Finished in ([\d.]+)s", proc.stdout)[-1]),
+        "total": time.perf_counter() - started,
     }
 
 
@@ -229,6 +235,11 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="config lines added to the runtime's config")
     parser.add_argument("--plain", action="store_true", help="also time a hand-written DDP loop (reference)")
     parser.add_argument("--plain-worker", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--single-without-torchrun",
+        action="store_true",
+        help="run the 1-GPU case as python -m i6_minireturnn (its 'whole run' is then the whole process's time)",
+    )
     args = parser.parse_args()
     if args.plain_worker:
         plain_ddp_loop(args.plain_worker)

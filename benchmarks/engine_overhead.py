@@ -6,12 +6,15 @@ through its pipeline (worker process, pinned memory), its run context, loss trac
 Prints frames/s of both, the ratio, and the host-device synchronisations per training step that
 ``torch.cuda.set_sync_debug_mode`` reports inside the engine's epoch.
 
-    python benchmarks/engine_overhead.py [--device cuda] [--seqs 1500] [--layers 6]
+    python benchmarks/engine_overhead.py [--device cuda] [--seqs 1500] [--layers 6] [--batch-size 20000]
+    python benchmarks/engine_overhead.py --layers 2 --batch-size 8000     # a small model: steps of a few ms
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
 import warnings
 from typing import Dict, List
@@ -116,18 +119,31 @@ def train_step(*, model, data, run_ctx, **kwargs):
     run_ctx.mark_as_loss(loss, "ce", inv_norm_factor=norm)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seqs", type=int, default=1500)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=20000)
-    parser.add_argument("--workers", type=int, default=1, help="num_workers_per_gpu")
-    parser.add_argument("--worker-type", default="thread", choices=["thread", "process"])
-    args = parser.parse_args()
-    log.initialize(verbosity=2)
+class PreloadedEngine(Engine):
+    """The engine with its data pipeline replaced by the batches already in memory (the plain loop's input), to
+    separate the engine loop's own cost from the data loading's."""
 
-    dataset = RandomFrames(args.seqs, seq_ordering="laplace:.64")
+    preloaded: Dict[int, List[Dict[str, torch.Tensor]]] = {}
+
+    def train_epoch(self) -> None:
+        import i6_minireturnn.engine.engine as engine_module
+
+        original = engine_module.EpochBatches
+        engine_module.EpochBatches = lambda dataset, epoch, options: _Preloaded(self.preloaded[epoch])
+        try:
+            super().train_epoch()
+        finally:
+            engine_module.EpochBatches = original
+
+
+class _Preloaded(list):
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+
+def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, workers: int) -> Engine:
+    """An engine over `dataset` with the benchmark's model and the given data worker setting."""
     keys = {
         "device": args.device,
         "batch_size": args.batch_size,
@@ -139,13 +155,41 @@ def main() -> None:
         "get_model": lambda epoch, step, **kw: Encoder(args.layers),
         "train_step": train_step,
         "log_step_interval": 100,
-        "num_workers_per_gpu": args.workers,
-        "data_worker_type": args.worker_type,
     }
-    config = Config(keys)
-    engine = Engine(config)
+    if worker_type not in ("default", "preloaded"):
+        keys.update(num_workers_per_gpu=workers, data_worker_type=worker_type if workers else "thread")
+    engine = (PreloadedEngine if worker_type == "preloaded" else Engine)(Config(keys))
     engine.init_train(train_data=dataset)
-    options = PipelineOptions.from_config(config, device=args.device)
+    return engine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seqs", type=int, default=1500)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs of each loop (medians are compared)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=["default", "thread:2", "process:1", "none:0"],
+        help="data worker settings to time: default (the config without worker keys), thread:N, process:N, none:0, "
+        "preloaded (the engine loop over the plain loop's in-memory batches)",
+    )
+    parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (Python's GIL hand-over)")
+    parser.add_argument("--profile", metavar="FILE", help="write a torch.profiler table of one engine epoch here")
+    args = parser.parse_args()
+    log.initialize(verbosity=2)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+
+    dataset = RandomFrames(args.seqs, seq_ordering="laplace:.64")
+    engines = {}
+    for setting in args.settings:
+        worker_type, _, workers = setting.partition(":")
+        engines[setting] = make_engine(args, dataset, worker_type, int(workers or 1))
+    options = PipelineOptions.from_config(engines[args.settings[0]].config, device=args.device)
     batches_per_epoch = {
         epoch: [
             {k: v.pin_memory() if isinstance(v, torch.Tensor) and options.pin_memory else v for k, v in b.items()}
@@ -153,36 +197,56 @@ def main() -> None:
         ]
         for epoch in (1, 2)
     }
+    PreloadedEngine.preloaded = batches_per_epoch
     batches = batches_per_epoch[2]
     frames = sum(int(b["data:size1"].sum()) for b in batches)
     print(
-        f"{len(batches)} batches, {frames} frames per epoch, device {args.device}, torch {torch.__version__}, "
-        f"{args.layers} layers, {args.workers} {args.worker_type} worker(s)"
+        f"{len(batches)} batches, {frames} frames per epoch, device {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
+        + f", torch {torch.__version__}, {args.layers} layers, batch_size {args.batch_size}"
     )
 
     # A new set of batch shapes costs a one-time warm-up on CUDA (seen with both loops): warm both loops on the
-    # batches of epochs 1 and 2, then time epoch 2 in each.
+    # batches of epochs 1 and 2, then time epoch 2 in each, alternating, `repeats` times.
     reference = Encoder(args.layers).to(args.device)
     for epoch in (1, 2):
         plain_loop(reference, batches_per_epoch[epoch], args.device)
-    plain_seconds = plain_loop(reference, batches, args.device)
 
-    def engine_epoch(epoch: int) -> float:
+    def engine_epoch(engine: Engine, epoch: int) -> float:
         engine.epoch = epoch
         engine.init_train_epoch()
         start = time.perf_counter()
         engine.train_epoch()
         return time.perf_counter() - start
 
-    engine_epoch(1)
-    engine_epoch(2)
-    engine_seconds = engine_epoch(2)
-    engine_syncs = count_syncs(lambda: engine_epoch(2), args.device)
-    plain_syncs = count_syncs(lambda: plain_loop(reference, batches, args.device), args.device)
-    print(f"plain loop (in-memory batches): {frames / plain_seconds / 1e6:.3f} M frames/s ({plain_seconds:.2f} s)")
-    print(f"engine (pipeline + loop):       {frames / engine_seconds / 1e6:.3f} M frames/s ({engine_seconds:.2f} s)")
-    print(f"engine / plain throughput ratio: {plain_seconds / engine_seconds:.3f}")
+    for engine in engines.values():
+        engine_epoch(engine, 1)
+        engine_epoch(engine, 2)
+    plain_times, engine_times = [], {setting: [] for setting in engines}
+    for _ in range(args.repeats):
+        plain_times.append(plain_loop(reference, batches, args.device))
+        for setting, engine in engines.items():
+            engine_times[setting].append(engine_epoch(engine, 2))
+    plain = statistics.median(plain_times)
+    print(f"plain loop (in-memory batches): {frames / plain / 1e6:.3f} M frames/s, median epoch {plain:.3f} s")
+    for setting, times in engine_times.items():
+        median = statistics.median(times)
+        print(
+            f"engine, workers {setting:9s}: {frames / median / 1e6:.3f} M frames/s, median epoch {median:.3f} s, "
+            f"engine / plain = {plain / median:.3f} (epochs {', '.join(f'{t:.3f}' for t in times)})"
+        )
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if args.device.startswith("cuda"):
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profiler:
+            engine_epoch(engines[args.settings[0]], 2)
+        with open(args.profile, "w") as f:
+            f.write(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=50))
     if args.device.startswith("cuda"):
+        engine = engines[args.settings[0]]
+        engine_syncs = count_syncs(lambda: engine_epoch(engine, 2), args.device)
+        plain_syncs = count_syncs(lambda: plain_loop(reference, batches, args.device), args.device)
         print(f"host-device syncs per epoch of {len(batches)} steps: engine {engine_syncs}, plain loop {plain_syncs}")
 
 

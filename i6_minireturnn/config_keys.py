@@ -31,7 +31,8 @@ KNOWN_CONFIG_KEYS = frozenset("""
     weight_decay gradient_clip gradient_clip_norm gradient_clip_norm_invalid_gradient_threshold gradient_noise
     accum_grad_multiple_step torch_amp_options stop_on_nonfinite_train_score
     get_model train_step forward_step forward_init_hook forward_finish_hook CustomEngine
-    random_seed log log_verbosity log_step_interval log_progress_interval check_unused_config_keys
+    random_seed log log_verbosity log_step_interval log_progress_interval log_progress_file check_unused_config_keys
+    use_tensorboard tensorboard_opts
     use_cache_manager use_tensorflow backend target extern_data num_inputs num_outputs
     output_file use_horovod torch_distributed tf_log_dir forward_override_hdf_output
     """.split())

@@ -16,6 +16,7 @@ from sisyphus import global_settings as gs
 
 from i6_minireturnn.errors import FileFormatError
 from i6_minireturnn.file_formats import model_path, read_learning_rate_file
+from i6_minireturnn.tools.plot_training import write_plots
 
 from .distributed import Rendezvous, process_layout, requirements, slurm_rendezvous, slurm_rendezvous_in_script
 from .launch import (
@@ -38,6 +39,9 @@ JOB_CONTROLLED_KEYS = {
 }
 # The checkpoints are out_model_dir/epoch.NNN.pt, as i6_core's training job names them.
 MODEL_PREFIX = "epoch"
+# In the work folder: the runtime's newest progress line (shown by info()) and the TensorBoard event folder.
+PROGRESS_FILE = "progress"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class MiniReturnnTrainingJob(Job):
@@ -67,6 +71,7 @@ class MiniReturnnTrainingJob(Job):
         rendezvous_port: Optional[int] = None,
         python_exe: Optional[tk.Path] = None,
         returnn_python_exe: Optional[tk.Path] = None,
+        tensorboard: bool = True,
     ):
         """
         :param returnn_config: i6_core ReturnnConfig with the model code (e.g. a serialization Collection)
@@ -95,6 +100,9 @@ class MiniReturnnTrainingJob(Job):
         :param python_exe: Python to run the runtime with (default: the manager's); not hashed
         :param returnn_python_exe: i6_core's name for python_exe, so that existing setups switch by changing the
             class name (and dropping returnn_root); not hashed
+        :param tensorboard: TensorBoard scalars into the work folder's ``tensorboard`` folder (needs the tensorboard
+            package where the runtime runs: the ``tensorboard`` extra); not hashed. A config that sets
+            ``use_tensorboard`` itself decides
         """
         refuse_job_controlled_keys(returnn_config, JOB_CONTROLLED_KEYS, "MiniReturnnTrainingJob")
         if device not in ("gpu", "cpu"):
@@ -121,6 +129,7 @@ class MiniReturnnTrainingJob(Job):
             save_interval=save_interval,
             keep_epochs=self.keep_epochs,
             num_processes=self.layout.num_processes,
+            tensorboard=tensorboard,
         )
 
         self.out_returnn_config_file = self.output_path("returnn.config")
@@ -154,9 +163,12 @@ class MiniReturnnTrainingJob(Job):
         save_interval: int,
         keep_epochs: Optional[List[int]],
         num_processes: int = 1,
+        tensorboard: bool = False,
     ) -> ReturnnConfig:
-        """The config the runtime gets: job settings in the (unhashed) post_config; with several processes also
-        ``torch_distributed = {}`` (the runtime's request for distributed training) unless the config sets it."""
+        """The config the runtime gets: job settings in the (unhashed) post_config, among them the progress file
+        (:meth:`info`) and, with `tensorboard`, TensorBoard into the work folder unless the config sets
+        ``use_tensorboard``; with several processes also ``torch_distributed = {}`` (the runtime's request for
+        distributed training) unless the config sets it."""
         config = copy.deepcopy(returnn_config)
         config.config = {"task": "train", "learning_rate_file": LEARNING_RATE_FILE, **config.config}
         post_config = {
@@ -165,8 +177,12 @@ class MiniReturnnTrainingJob(Job):
             "log_verbosity": log_verbosity,
             "num_epochs": num_epochs,
             "save_interval": save_interval,
+            "log_progress_file": PROGRESS_FILE,
             **copy.deepcopy(config.post_config or {}),
         }
+        if tensorboard and "use_tensorboard" not in config.config and "use_tensorboard" not in post_config:
+            post_config["use_tensorboard"] = True
+            post_config.setdefault("tensorboard_opts", {"log_dir": TENSORBOARD_DIR})
         if keep_epochs is not None:
             # As i6_core: the listed epochs in addition to the runtime's default cleanup (the 2 newest and the 4 best
             # per dev score), so that best-epoch selection downstream always finds its file. A post_config
@@ -252,30 +268,18 @@ class MiniReturnnTrainingJob(Job):
             raise FileNotFoundError(f"The training ended without the declared checkpoints: {missing}")
 
     def plot(self) -> None:
-        """Scores and learning rate per epoch as PNG (train keys like ``ctc``, eval keys like ``dev_loss_ctc``)."""
-        import matplotlib
+        """Scores (log axis, best epoch by the dev score marked) and learning rate per epoch as PNG, titled with the
+        job's name (see :mod:`i6_minireturnn.tools.plot_training`)."""
+        write_plots(
+            self.out_learning_rates.get_path(),
+            self.out_plot_se.get_path(),
+            self.out_plot_lr.get_path(),
+            title=self._title(),
+        )
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        data = read_learning_rate_file(self.out_learning_rates.get_path())
-        epochs = sorted(data)
-        keys = sorted({k for e in epochs for k in data[e].error})
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for key in keys:
-            points = [(e, data[e].error[key]) for e in epochs if key in data[e].error]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("score")
-        ax.legend(fontsize="small")
-        fig.savefig(self.out_plot_se.get_path())
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(8, 5))
-        ax.plot(epochs, [data[e].learning_rate for e in epochs], marker="o")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("learning rate")
-        fig.savefig(self.out_plot_lr.get_path())
-        plt.close(fig)
+    def _title(self) -> str:
+        """The job's name in the plots: its name in the Sisyphus visualization, else an alias, else its id."""
+        return self.get_vis_name() or min(self.get_aliases() or (), default=None) or self.job_id()
 
     # ---- status --------------------------------------------------------------------------------------------------
 
@@ -288,8 +292,29 @@ class MiniReturnnTrainingJob(Job):
         return max((e for e, d in data.items() if d.error), default=0)
 
     def info(self) -> Optional[str]:
-        done = self._epochs_done()
-        return None if done is None else f"ep {done}/{self.num_epochs}"
+        """``ep 3/10`` (epochs done), during an epoch with the runtime's progress: ``ep 2/10; train epoch 3/10 45%,
+        ETA 0:12:00 (training 2:40:00)``. Reads two small files: Sisyphus asks every running job on each status
+        update."""
+        done, progress = self._epochs_done(), self._progress()
+        if done is None and progress is None:
+            return None
+        return f"ep {done or 0}/{self.num_epochs}" + (f"; {progress}" if progress else "")
+
+    def _progress(self) -> Optional[str]:
+        """The runtime's newest progress line, unless an epoch was stored since (then it tells of a finished pass)."""
+        work = self._sis_path(gs.JOB_WORK_DIR)
+        path = os.path.join(work, PROGRESS_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                line = f.readline().strip()
+            written = os.path.getmtime(path)
+        except OSError:
+            return None
+        try:
+            stored = os.path.getmtime(os.path.join(work, LEARNING_RATE_FILE))
+        except OSError:  # the first epoch is not stored yet
+            stored = float("-inf")
+        return line if line and written > stored else None
 
     def completed_fraction(self) -> Optional[float]:
         done = self._epochs_done()

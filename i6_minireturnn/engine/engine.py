@@ -37,7 +37,7 @@ from .loss_tracker import LossTracker, Totals
 from .lr_schedule import epoch_continuous
 from .mini_returnn_names import EngineBase, EpochDataLoader, MiniReturnnEngineNames
 from .output_checks import estimate_checkpoint_bytes, warn_on_low_space
-from .reporting import LoopReport, format_losses
+from .reporting import LoopReport, RunReporting, format_losses
 from .run_ctx import (
     Loss,
     RunCtx,
@@ -79,8 +79,8 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self.eval_datasets: Dict[str, Dataset] = {}
         self.forward_dataset: Optional[Dataset] = None
         self._pipeline = PipelineOptions.from_config(config, device=self._device)
-        self._log_step_interval = max(1, config.int("log_step_interval", 50))
-        self._progress_interval = config.float("log_progress_interval", 60.0)
+        self._reporting = RunReporting.from_config(config, is_main=self._ranks.is_main)
+        self._progress_interval = self._reporting.progress_interval  # also of forward (inference.py)
         self._random_seed = config.int("random_seed", 42)
         self._stop_signals = StopSignals()
         self._run_lock: Optional[ModelPrefixLock] = None
@@ -97,6 +97,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
+        self._reporting.close()
         self._ranks.close()
 
     def _data_options(self, purpose: str) -> PipelineOptions:
@@ -345,13 +346,20 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             epoch=self.epoch,
             num_batches=batches.num_batches,
             device=self._device,
-            step_interval=self._log_step_interval,
-            progress_interval=self._progress_interval,
+            run=self._reporting,
+            global_step=self._train_step,
+            final_epoch=self._final_epoch,
+            learning_rate=self._step_learning_rate,
             stop_on_nonfinite=stop_on_nonfinite,
-            first_global_step=self._train_step if name == "train" else 0,
             ranks=self._ranks if self._ranks.world_size > 1 else None,
             reduce_at_log_points=name == "train" and self._ranks.world_size > 1,
         )
+
+    def _step_learning_rate(self) -> float:
+        """The learning rate of the current training step (a step schedule changes it per step), for the reports."""
+        if isinstance(self._updater, Updater):
+            return self._updater.get_effective_learning_rate()
+        return self.learning_rate
 
     def _step_loop(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Protocol, Tuple
 
 import torch
@@ -24,11 +24,13 @@ _NONE_STEP = 2**62  # "no non-finite step", as a number that loses every min
 
 @dataclass
 class Totals:
-    """What a log point reads from the device: mean per loss and the non-finite steps."""
+    """What a log point reads from the device: mean per loss and the non-finite steps; `sums` holds each loss's
+    (sum, normalization sum), from which the mean of the steps between two log points follows."""
 
     means: Dict[str, float]
     num_nonfinite: int
     first_nonfinite: Optional[int]
+    sums: Dict[str, Tuple[float, float]] = field(default_factory=dict)
 
 
 class LossTracker:
@@ -99,8 +101,9 @@ class LossTracker:
             vector, first = ranks.all_reduce(vector, "sum"), ranks.all_reduce(first, "min")
         values = vector.tolist()
         first_step = int(first)
-        means = {name: values[i] / values[len(names) + i] for i, name in enumerate(names)}
-        return Totals(means, int(values[-1]), first_step if first_step != _NONE_STEP else None)
+        sums = {name: (values[i], values[len(names) + i]) for i, name in enumerate(names)}
+        means = {name: loss / norm for name, (loss, norm) in sums.items()}
+        return Totals(means, int(values[-1]), first_step if first_step != _NONE_STEP else None, sums)
 
     def pop_step_lines(self) -> List[Tuple[int, float, Dict[str, float]]]:
         """The buffered per-step values, read in one sync: [(global_step, step_time, {name: value})]."""

@@ -105,6 +105,7 @@ def test_tasks_train_plot_and_resume(tmp_path, monkeypatch):
     assert {"returnn.config", "learning_rates", "score_and_error.png", "learning_rate.png"} <= set(os.listdir(outputs))
     assert all(Path(str(c)).exists() for c in job.out_checkpoints.values()) and sorted(job.out_checkpoints) == [1, 2]
     assert "written for i6-minireturnn" in (outputs / "returnn.config").read_text()
+    assert list((base / "work" / "tensorboard").glob("events.out.tfevents.*"))  # on by default, in the work folder
     monkeypatch.chdir(tmp_path)
     assert job.info() == "ep 2/2"
     # rnn.sh reruns by hand: with more epochs it continues from the stored epoch 2
@@ -228,3 +229,43 @@ def test_keep_epochs_with_a_cleanup_turned_off_is_refused():
     config = make_config(batch_size=23, post_config={"cleanup_old_models": False})
     with pytest.raises(ValueError, match="cleanup_old_models = False"):
         MiniReturnnTrainingJob(config, num_epochs=2, keep_epochs=[1])
+
+
+def test_progress_file_and_tensorboard_are_unhashed_post_config_settings():
+    job = MiniReturnnTrainingJob(make_config(), num_epochs=2, device="cpu")
+    post_config = job.returnn_config.post_config
+    assert post_config["log_progress_file"] == "progress"
+    assert post_config["use_tensorboard"] is True and post_config["tensorboard_opts"] == {"log_dir": "tensorboard"}
+    assert job_id(tensorboard=False) == job_id() == "jobs/training/MiniReturnnTrainingJob.ZsHyJoXE3NKM"
+    off = MiniReturnnTrainingJob(make_config(batch_size=22), num_epochs=2, device="cpu", tensorboard=False)
+    assert "use_tensorboard" not in off.returnn_config.post_config
+    # a config that decides itself keeps its choice (and its hash: the key is in its hashed part)
+    own = MiniReturnnTrainingJob(make_config(batch_size=22, use_tensorboard=False), num_epochs=2, device="cpu")
+    assert "use_tensorboard" not in own.returnn_config.post_config
+
+
+def test_info_shows_the_runtime_progress_until_an_epoch_is_stored(tmp_path, monkeypatch):
+    from sisyphus import global_settings
+
+    from i6_minireturnn.file_formats import EpochData, write_learning_rate_file
+
+    monkeypatch.setattr(global_settings, "WORK_DIR", str(tmp_path / "work"))
+    job = MiniReturnnTrainingJob(make_config(batch_size=24), num_epochs=4, device="cpu")
+    work = Path(job._sis_path("work"))
+    work.mkdir(parents=True)
+    assert job.info() is None
+    progress = work / "progress"
+    progress.write_text("train epoch 1/4 50%, ETA 0:01:00 (training 0:07:00)\n")
+    assert job.info() == "ep 0/4; train epoch 1/4 50%, ETA 0:01:00 (training 0:07:00)"
+    write_learning_rate_file(str(work / "learning_rates"), {1: EpochData(0.1, {"ce": 1.0})})
+    os.utime(progress, (1, 1))  # written before epoch 1 was stored: it tells of a finished pass
+    assert job.info() == "ep 1/4"
+    progress.write_text("train epoch 2/4 10%, ETA 0:01:30 (training 0:05:30)\n")
+    assert job.info() == "ep 1/4; train epoch 2/4 10%, ETA 0:01:30 (training 0:05:30)"
+
+
+def test_plot_title_is_the_jobs_name():
+    job = MiniReturnnTrainingJob(make_config(batch_size=25), num_epochs=2, device="cpu")
+    assert job._title() == job.job_id()
+    job.add_alias("setups/ctc-baseline")
+    assert job._title() == "setups/ctc-baseline"
