@@ -34,76 +34,82 @@ class Totals:
 
 
 class LossTracker:
-    """Sums of each loss and of its ``inv_norm_factor`` (1 per step where none) over an epoch or dataset."""
+    """Sums of each loss and of its ``inv_norm_factor`` (1 per step where none) over an epoch or dataset.
+
+    Per step it launches as few kernels as it can, since they count in steps of a few milliseconds: the step's total
+    loss is copied into a buffer (non-finite steps are found there at log points), each loss is added into a
+    float64 sum in place, and norm factors given as numbers are summed on the host. With `skip_nonfinite` (the
+    updater leaves such steps out) a non-finite step's losses are masked out of the sums.
+    """
 
     def __init__(self, device: str, *, keep_step_values: bool = False, skip_nonfinite: bool = False):
         self.device = torch.device(device)
         self.loss_sums: Dict[str, torch.Tensor] = {}
-        self.norm_sums: Dict[str, torch.Tensor] = {}
+        self.norm_sums: Dict[str, torch.Tensor] = {}  # of norm factors given as tensors
+        self.host_norm_sums: Dict[str, float] = {}  # of norm factors given as numbers (or none: 1 per step)
         self.num_steps = 0
         self.keep_step_values = keep_step_values
         self.skip_nonfinite = skip_nonfinite
-        self.num_nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.first_nonfinite_step = torch.full((), -1, dtype=torch.int64, device=self.device)
-        self._step_counter = torch.zeros((), dtype=torch.int64, device=self.device)
-        self._constants: Dict[float, torch.Tensor] = {}  # norm factors given as numbers, made on the device once
+        self._step_totals = torch.empty(256, dtype=torch.float32, device=self.device)
         self.pending_steps: List[Tuple[int, float, Dict[str, torch.Tensor]]] = []
 
     def add(self, losses: Dict[str, Loss], total_loss: torch.Tensor, *, global_step: int, step_time: float) -> None:
         """Adds one step's losses (device ops only)."""
         total = total_loss.detach()
-        finite = torch.isfinite(total)
-        bad = ~finite
-        self.first_nonfinite_step = torch.where(
-            bad & (self.first_nonfinite_step < 0), self._step_counter, self.first_nonfinite_step
-        )
-        self.num_nonfinite = self.num_nonfinite + bad.to(torch.int64)
-        self._step_counter = self._step_counter + 1
+        if self.num_steps == len(self._step_totals):
+            self._step_totals = torch.cat([self._step_totals, torch.empty_like(self._step_totals)])
+        self._step_totals[self.num_steps].copy_(total)
+        finite = torch.isfinite(total) if self.skip_nonfinite else None
         step_values = {}
         for name, loss in losses.items():
-            value = loss.loss.detach().to(torch.float64)
+            value = loss.loss.detach()
             norm = loss.inv_norm_factor
-            if isinstance(norm, torch.Tensor):
-                norm = norm.detach().to(self.device, torch.float64)
-            else:  # a number (1 where none): a cached device constant, no copy or fill kernel per step
-                norm = self._constant(float(1 if norm is None else norm))
-            value = value.to(self.device)
-            if self.skip_nonfinite:
+            if finite is not None:
                 value = torch.where(finite, value, torch.zeros_like(value))
-                norm = torch.where(finite, norm, torch.zeros_like(norm))
-            self.loss_sums[name] = self.loss_sums[name] + value if name in self.loss_sums else value
-            self.norm_sums[name] = self.norm_sums[name] + norm if name in self.norm_sums else norm
+            self._add(self.loss_sums, name, value)
+            if isinstance(norm, torch.Tensor):
+                norm = norm.detach()
+                if finite is not None:
+                    norm = torch.where(finite, norm, torch.zeros_like(norm))
+                self._add(self.norm_sums, name, norm)
+            else:
+                norm = float(1 if norm is None else norm)
+                if finite is not None:  # a sync, but this mode syncs every step anyway (updater)
+                    norm = norm if bool(finite) else 0.0
+                self.host_norm_sums[name] = self.host_norm_sums.get(name, 0.0) + norm
             if self.keep_step_values:
-                step_values[name] = value / norm
+                step_values[name] = value.to(torch.float64) / norm
         if self.keep_step_values:
             self.pending_steps.append((global_step, step_time, step_values))
         self.num_steps += 1
 
-    def _constant(self, value: float) -> torch.Tensor:
-        if value not in self._constants:
-            self._constants[value] = torch.full((), value, dtype=torch.float64, device=self.device)
-        return self._constants[value]
+    def _add(self, sums: Dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
+        if name not in sums:
+            sums[name] = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums[name].add_(value.to(self.device, non_blocking=True))  # float64 += float32/bf16: one kernel
 
     def totals(self, ranks: Optional[RankGroup] = None) -> Totals:
         """Means and non-finite steps in one host sync; with `ranks` (several processes) over all ranks' steps: the
         sums are added up (a loss that some rank never saw counts zero there), the first non-finite step is the
         earliest on any rank."""
-        names = sorted(self.loss_sums) if ranks is None else ranks.union_of(sorted(self.loss_sums))
-        zero = self._constant(0.0)
-        sums = [self.loss_sums.get(n, zero) for n in names] + [self.norm_sums.get(n, zero) for n in names]
-        vector = torch.stack(sums + [self.num_nonfinite.to(torch.float64)])
-        first = torch.where(
-            self.first_nonfinite_step < 0,
-            torch.full_like(self.first_nonfinite_step, _NONE_STEP),
-            self.first_nonfinite_step,
-        )
+        own = sorted(set(self.loss_sums) | set(self.host_norm_sums))
+        names = own if ranks is None else ranks.union_of(own)
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        bad = ~torch.isfinite(self._step_totals[: self.num_steps])
+        none = torch.tensor(_NONE_STEP, device=self.device)
+        first = torch.where(bad.any(), bad.to(torch.int8).argmax().to(torch.int64), none)
+        device_sums = [self.loss_sums.get(n, zero) for n in names] + [self.norm_sums.get(n, zero) for n in names]
+        host_norms = torch.tensor([self.host_norm_sums.get(n, 0.0) for n in names], dtype=torch.float64)
+        # one vector, so that reading it (and adding it up over ranks) is one operation
+        vector = torch.cat([torch.stack([bad.sum().to(torch.float64)] + device_sums), host_norms.to(self.device)])
         if ranks is not None:
             vector, first = ranks.all_reduce(vector, "sum"), ranks.all_reduce(first, "min")
-        values = vector.tolist()
+        num_nonfinite, *values = vector.tolist()
         first_step = int(first)
-        sums = {name: (values[i], values[len(names) + i]) for i, name in enumerate(names)}
+        count = len(names)
+        sums = {name: (values[i], values[count + i] + values[2 * count + i]) for i, name in enumerate(names)}
         means = {name: loss / norm for name, (loss, norm) in sums.items()}
-        return Totals(means, int(values[-1]), first_step if first_step != _NONE_STEP else None, sums)
+        return Totals(means, int(num_nonfinite), first_step if first_step != _NONE_STEP else None, sums)
 
     def pop_step_lines(self) -> List[Tuple[int, float, Dict[str, float]]]:
         """The buffered per-step values, read in one sync: [(global_step, step_time, {name: value})]."""
