@@ -51,6 +51,8 @@ class LossTracker:
         self.keep_step_values = keep_step_values
         self.skip_nonfinite = skip_nonfinite
         self._step_totals = torch.empty(256, dtype=torch.float32, device=self.device)
+        self._zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._no_step = torch.tensor(_NONE_STEP, device=self.device)  # made once: a host-to-device copy
         self.pending_steps: List[Tuple[int, float, Dict[str, torch.Tensor]]] = []
 
     def add(self, losses: Dict[str, Loss], total_loss: torch.Tensor, *, global_step: int, step_time: float) -> None:
@@ -94,20 +96,22 @@ class LossTracker:
         earliest on any rank."""
         own = sorted(set(self.loss_sums) | set(self.host_norm_sums))
         names = own if ranks is None else ranks.union_of(own)
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        zero = self._zero
         bad = ~torch.isfinite(self._step_totals[: self.num_steps])
-        none = torch.tensor(_NONE_STEP, device=self.device)
-        first = torch.where(bad.any(), bad.to(torch.int8).argmax().to(torch.int64), none)
-        device_sums = [self.loss_sums.get(n, zero) for n in names] + [self.norm_sums.get(n, zero) for n in names]
-        host_norms = torch.tensor([self.host_norm_sums.get(n, 0.0) for n in names], dtype=torch.float64)
-        # one vector, so that reading it (and adding it up over ranks) is one operation
-        vector = torch.cat([torch.stack([bad.sum().to(torch.float64)] + device_sums), host_norms.to(self.device)])
-        if ranks is not None:
+        first = torch.where(bad.any(), bad.to(torch.int8).argmax().to(torch.int64), self._no_step)
+        parts = [bad.sum().to(torch.float64)]
+        parts += [self.loss_sums.get(n, zero) for n in names] + [self.norm_sums.get(n, zero) for n in names]
+        vector = torch.stack(parts)  # one vector: reading it (and adding it up over ranks) is one operation
+        host_norms = [self.host_norm_sums.get(n, 0.0) for n in names]
+        if ranks is not None:  # the host's sums take part in the reduction too
+            vector = torch.cat([vector, torch.tensor(host_norms, dtype=torch.float64).to(self.device)])
             vector, first = ranks.all_reduce(vector, "sum"), ranks.all_reduce(first, "min")
         num_nonfinite, *values = vector.tolist()
+        if ranks is not None:
+            values, host_norms = values[: 2 * len(names)], values[2 * len(names) :]
         first_step = int(first)
         count = len(names)
-        sums = {name: (values[i], values[count + i] + values[2 * count + i]) for i, name in enumerate(names)}
+        sums = {name: (values[i], values[count + i] + host_norms[i]) for i, name in enumerate(names)}
         means = {name: loss / norm for name, (loss, norm) in sums.items()}
         return Totals(means, int(num_nonfinite), first_step if first_step != _NONE_STEP else None, sums)
 
