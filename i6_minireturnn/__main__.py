@@ -19,9 +19,69 @@ from .errors import ConfigError, UserError
 from .log import log
 
 USAGE = """usage: python -m i6_minireturnn CONFIG [CONFIG ...] [++key value | --key value ...]
+       python -m i6_minireturnn --help | --version"""
 
-Runs a RETURNN / Mini-RETURNN style config (task train, eval, forward or compute_priors).
-Values given on the command line are parsed as Python literals where possible and override the config files."""
+HELP = USAGE + """
+
+Runs a RETURNN / Mini-RETURNN style config: Python code (every module-level name is a key), JSON or line-based
+"key value" files, read in order. Also started as `i6-minireturnn CONFIG ...` or `python rnn.py CONFIG ...`.
+
+Command-line values override the config files (and are visible while a Python config runs). One rule for every key:
+  1. a Python literal: 10, 1e-3, -0.1 (or RETURNN's +-0.1), True, None, "text", [1, 2], {"a": 1}
+  2. else an expression of literals and arithmetic: "[1e-3] * 5", 2**10, "[0.1] * 3 + [0.01] * 2"
+     (no names, calls, attributes, subscripts or comprehensions)
+  3. else the text as it is: out/model, cuda:0, newbob_multi_epoch
+A key whose value in the config is a string stays a string (++name 123 gives "123"), as in RETURNN. A quoted string
+literal ('"text"') always becomes the text without quotes: quote strings that look like numbers or arithmetic.
+
+Tasks (task = ...):
+  train             trains epochs 1..num_epochs (resumes by itself); evaluates dev and eval_datasets after each
+  eval              evaluates dev / eval / eval_datasets with train_step on a checkpoint
+  forward           runs forward_step over the forward dataset, between forward_init_hook and forward_finish_hook
+  compute_priors    averages forward_step's posteriors over train into output_file (RETURNN's prior file)
+  initialize_model  creates the model (and preload_from_files) and saves it as epoch file
+  nop               loads the config and does nothing
+
+Most used keys:
+  task, device                  see above; device: cpu, cuda, cuda:N, gpu (default: CUDA where available)
+  train, dev, eval_datasets     dataset dicts {"class": ..., ...}; forward / forward_data for task forward
+  batch_size, max_seqs          frames (max length * sequences) and sequences per batch
+  num_epochs, model             epochs to train; checkpoint prefix (<model>.NNN.pt)
+  optimizer                     {"class": "adam", ...}: a torch.optim class by name and its arguments
+  learning_rate, learning_rates one rate, or a list for epochs 1, 2, ...; learning_rate_control: newbob_*, ...
+  learning_rate_file            RETURNN's learning_rates file (scores per epoch)
+  load, load_epoch, preload_from_files   which parameters forward / eval / a fresh training start from
+  log, log_verbosity            log files besides stdout; verbosity 1-5
+  torch_distributed             {} to train on several GPUs when started by torchrun
+Functions: get_model(*, epoch, step, **kwargs), train_step(*, model, data, run_ctx, **kwargs),
+  forward_step(*, model, data, run_ctx, **kwargs), forward_init_hook(run_ctx, **kwargs),
+  forward_finish_hook(run_ctx, **kwargs), and a CustomEngine class.
+
+Tools (each with --help):
+  python -m i6_minireturnn.tools.hdf_dump CONFIG OUT.hdf        a dataset to an HDF file
+  python -m i6_minireturnn.tools.dump_dataset CONFIG            keys, first sequences, length statistics
+  python -m i6_minireturnn.tools.analyze_batches CONFIG         batches and padding of the batching keys
+  python -m i6_minireturnn.tools.average_checkpoints --checkpoints A.pt B.pt --output_path OUT.pt
+  python -m i6_minireturnn.tools.export_onnx CONFIG CHECKPOINT OUT.onnx
+  python -m i6_minireturnn.tools.bliss_to_ogg_zip CORPUS.xml.gz --output OUT.zip
+  python -m i6_minireturnn.tools.plot_training out/learning_rates    plots of the scores and learning rates
+  RETURNN's names, in this repository: tools/hdf_dump.py, tools/dump-dataset.py, tools/bliss-to-ogg-zip.py,
+  tools/torch_avg_checkpoints.py, tools/torch_export_to_onnx.py, and tools/plot_training.py
+
+Docs: README.md, sections "Running configs" (tasks, the config surface and its keys, checkpoints and resuming,
+several GPUs, errors), "Existing model files: the returnn.* names", "Datasets", "Tools", "Sisyphus jobs";
+docs/compat.md (the returnn.* names model files use), docs/architecture.md (the map of the code), docs/*.md."""
+
+
+def version_text() -> str:
+    """The package version and the versions it runs with (no config needed)."""
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:  # the version still prints where torch is missing
+        torch_version = "not installed"
+    return f"i6-minireturnn {__version__} (Python {sys.version.split()[0]}, torch {torch_version})"
 
 
 def init_log(config: Config) -> None:
@@ -114,9 +174,13 @@ def run(argv: Sequence[str]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the command line; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
+    if not argv:
+        print(USAGE + "\n\nNo config file given; --help lists tasks, keys, tools and docs.", file=sys.stderr)
+        return 2
+    option = _help_or_version(argv)
+    if option is not None:
+        print(HELP if option == "help" else version_text())
+        return 0
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) then fails the write with a message, not a kill
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
@@ -138,6 +202,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         set_global_config(None)
         log.close_files()
     return 0
+
+
+def _help_or_version(argv: Sequence[str]) -> Optional[str]:
+    """Which of --help / --version the command line asks for, if any: -h / --help where a config file or a ``++key``
+    may stand (not as the value of an override); --version as the first argument (``--version 2`` after a config
+    file sets the config key ``version``)."""
+    if argv and argv[0] == "--version":
+        return "version"
+    files, overrides = split_args(argv)
+    if any(arg in ("-h", "--help") for arg in list(files) + list(overrides[0::2])):
+        return "help"
+    return None
 
 
 def _report(message: str) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import operator
 import os
 import re
+import shlex
 import traceback
 import types
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config_keys import KNOWN_CONFIG_KEYS
 from .errors import ConfigError
@@ -18,6 +20,8 @@ _NOT_SET = object()
 _LINE_CONFIG_RE = re.compile(r"^\s*(#.*)?$|^\s*[A-Za-z_][\w.\-]*\s+\S")
 # Names every Python config has and which are no config keys.
 _PYTHON_CONFIG_BUILTINS = {"config", "__file__", "__name__", "__builtins__"}
+# Module-level constants of a config (FEATURE_DIM = 80): the config's own helpers, never settings of the runtime.
+_CONSTANT_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 class Config:
@@ -28,7 +32,8 @@ class Config:
         self.dict: Dict[str, List[str]] = {}  # line-based entries, as strings, like RETURNN
         self.files: List[str] = []
         self._read_keys: set = set()
-        self._cmd_line_keys: set = set()  # keys whose value the command line set (named in error messages)
+        # keys whose value the command line set -> the value as given there (named in error messages)
+        self._cmd_line_keys: Dict[str, str] = {}
         if items:
             self.typed_dict.update(items)
 
@@ -90,24 +95,30 @@ class Config:
     def add_line(self, key: str, value: str) -> None:
         """Adds a line-based entry (string value, comma-separated lists), like RETURNN's ``key value`` lines."""
         if key in self.typed_dict:
-            self.typed_dict[key] = _parse_override(value, self.typed_dict[key])
+            try:
+                self.typed_dict[key] = _parse_override(value, self.typed_dict[key])
+            except ValueError as exc:
+                raise ConfigError(f"Cannot evaluate {key} {value!r} in {self.where()}: {exc}") from None
         else:
             self.dict[key] = value.split(",") if "," in value else [value]
 
     def parse_cmd_args(self, args: Sequence[str]) -> None:
-        """Applies ``++key value`` / ``--key value`` pairs; values are Python literals where they parse as one."""
+        """Applies ``++key value`` / ``--key value`` pairs; each value is read by :func:`parse_cmd_value`."""
         args = list(args)
         if len(args) % 2:
             raise ConfigError(f"Command-line overrides must come as '++key value' pairs, got: {args}")
         for key, value in zip(args[0::2], args[1::2]):
             if not (key.startswith("++") or key.startswith("--")) or len(key) < 3:
                 raise ConfigError(f"Expected '++key' or '--key' on the command line, got {key!r}")
+            key = key[2:]
+            self._cmd_line_keys[key] = value
             if value.startswith("+-"):  # RETURNN's way to pass a negative number: ++threshold +-0.1
                 value = value[1:]
-            key = key[2:]
-            self._cmd_line_keys.add(key)
             self.dict.pop(key, None)
-            self.typed_dict[key] = _parse_override(value, self.typed_dict.get(key, _NOT_SET))
+            try:
+                self.typed_dict[key] = _parse_override(value, self.typed_dict.get(key, _NOT_SET))
+            except ValueError as exc:
+                raise ConfigError(f"Cannot evaluate {value!r} {self.origin(key)}: {exc}") from None
 
     def update(self, items: Dict[str, Any]) -> None:
         """Sets several typed keys."""
@@ -259,28 +270,36 @@ class Config:
         return "config file " + ", ".join(self.files)
 
     def source_of(self, key: str) -> str:
-        """Where the key's value came from, for error messages: the command line or the config file(s)."""
+        """Where the key's value came from, as a noun (``(from ...)``): the command line or the config file(s).
+        New messages use :meth:`origin`."""
         if key in self._cmd_line_keys:
             return f"the command line, ++{key}"
         return self.where()
 
+    def origin(self, key: str) -> str:
+        """Where the key's value was set, as error messages put it after the value: ``in config file x.config`` or
+        ``given on the command line (++key value)``."""
+        if key in self._cmd_line_keys:
+            return f"given on the command line (++{key} {shlex.quote(self._cmd_line_keys[key])})"
+        return f"in {self.where()}"
+
     def type_error(self, key: str, value: Any, expected: str) -> ConfigError:
         """The error for a key of the wrong type."""
         return ConfigError(
-            f"Config key {key!r} must be {expected}, got {value!r} ({type(value).__name__}) "
-            f"(from {self.source_of(key)})"
+            f"Config key {key!r} must be {expected}, got {value!r} ({type(value).__name__}) {self.origin(key)}"
         )
 
     def user_keys(self) -> List[str]:
-        """Keys the user set that look like settings (no functions, classes, modules or private names)."""
+        """Keys the user set that look like settings: no functions, classes or modules, no private names (``_x``)
+        and no constants (``FEATURE_DIM = 80``), which configs define for their own code."""
         keys = []
         for key, value in self.typed_dict.items():
-            if key in _PYTHON_CONFIG_BUILTINS or key.startswith("_"):
+            if key in _PYTHON_CONFIG_BUILTINS or not is_setting_name(key):
                 continue
             if isinstance(value, (types.ModuleType, types.FunctionType, type)) or callable(value):
                 continue
             keys.append(key)
-        return keys + list(self.dict)
+        return keys + [key for key in self.dict if is_setting_name(key)]
 
     def misspelt_keys(self) -> Dict[str, str]:
         """Unknown keys that closely resemble a known key (which itself is unset): {given: meant}."""
@@ -300,11 +319,11 @@ class Config:
             return
         misspelt = self.misspelt_keys()
         if misspelt:
-            lines = [f"{given!r} (did you mean {meant!r}?)" for given, meant in sorted(misspelt.items())]
+            lines = [
+                f"{given!r} {self.origin(given)} (did you mean {meant!r}?)" for given, meant in sorted(misspelt.items())
+            ]
             raise ConfigError(
-                f"Unknown config key(s) in {self.where()}: "
-                + "; ".join(lines)
-                + ". Set check_unused_config_keys = False to allow them."
+                "Unknown config key(s): " + "; ".join(lines) + ". Set check_unused_config_keys = False to allow them."
             )
 
     def unread_keys(self) -> List[str]:
@@ -348,14 +367,125 @@ def _looks_line_based(content: str) -> bool:
     return False
 
 
-def _parse_override(value: str, previous: Any) -> Any:
-    """A command-line value: kept as string where the config had a string, else a Python literal if it is one."""
+def is_setting_name(key: str) -> bool:
+    """Whether a config name can be a setting: private names (``_helper``) and constants (``NUM_CLASSES``) are the
+    config's own, never reported as unread or misspelt keys."""
+    return not key.startswith("_") and not _CONSTANT_NAME_RE.match(key)
+
+
+def _parse_override(text: str, previous: Any) -> Any:
+    """A value given on the command line (or a line-based entry for a key a Python config set).
+
+    The text is read by :func:`parse_cmd_value`. As in RETURNN, a key whose config value is a string stays a
+    string (``++name 123`` gives ``"123"``, ``++model out/2024-01`` stays a path); a quoted string literal loses
+    its quotes there too. Raises ValueError for an expression that cannot be evaluated.
+    """
     if isinstance(previous, str):
-        return value
+        try:
+            value = parse_cmd_value(text)
+        except ValueError:
+            return text
+        return value if isinstance(value, str) else text
+    return parse_cmd_value(text)
+
+
+def parse_cmd_value(text: str) -> Any:
+    """The value of a ``++key value`` argument, one rule for every key:
+
+    1. a Python literal (``10``, ``1e-3``, ``-0.1``, ``True``, ``None``, ``"text"``, ``[1, 2]``, ``{"a": 1}``);
+    2. else an expression of literals with arithmetic and list operators (``[1e-3] * 5``, ``2**10``,
+       ``[0.1] * 3 + [0.01] * 2``): literals, list / tuple / dict / set displays, unary ``+ - ~`` and binary
+       ``+ - * / // % **``; no names, calls, attributes, subscripts or comprehensions;
+    3. else the text itself, as a string (``out/model``, ``cuda:0``, ``newbob_multi_epoch``).
+
+    Raises ValueError where the text is such an expression but cannot be evaluated (``1/0``, ``[1] + 2``) or would
+    be too large.
+    """
     try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return value
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return text
+    if not _is_plain_expression(tree.body):
+        return text
+    try:
+        return _evaluate(tree.body)
+    except ValueError:
+        raise
+    except (ArithmeticError, TypeError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+
+
+_UNARY_OPS: Dict[type, Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+    ast.Invert: operator.invert,
+}
+_BINARY_OPS: Dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+# Bounds that keep a command-line expression from taking the machine's memory or time (`[0] * 10**12`, `9**9**9`).
+_MAX_ELEMENTS = 1_000_000
+_MAX_INT_BITS = 4096
+
+
+def _is_plain_expression(node: ast.AST) -> bool:
+    """Whether the expression consists of literals, displays and arithmetic only."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return all(_is_plain_expression(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is not None and _is_plain_expression(k) for k in node.keys) and all(
+            _is_plain_expression(v) for v in node.values
+        )
+    if isinstance(node, ast.UnaryOp):
+        return type(node.op) in _UNARY_OPS and _is_plain_expression(node.operand)
+    if isinstance(node, ast.BinOp):
+        return type(node.op) in _BINARY_OPS and _is_plain_expression(node.left) and _is_plain_expression(node.right)
+    return False
+
+
+def _evaluate(node: ast.AST) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.List):
+        return [_evaluate(e) for e in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_evaluate(e) for e in node.elts)
+    if isinstance(node, ast.Set):
+        return {_evaluate(e) for e in node.elts}
+    if isinstance(node, ast.Dict):
+        return {_evaluate(k): _evaluate(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.UnaryOp):
+        return _bounded(_UNARY_OPS[type(node.op)](_evaluate(node.operand)))
+    assert isinstance(node, ast.BinOp)
+    left, right = _evaluate(node.left), _evaluate(node.right)
+    _check_operands(node.op, left, right)
+    return _bounded(_BINARY_OPS[type(node.op)](left, right))
+
+
+def _check_operands(op: ast.operator, left: Any, right: Any) -> None:
+    """Refuses operations whose result would be too large, before computing it."""
+    if isinstance(op, ast.Mult):
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, (str, bytes, list, tuple)) and isinstance(count, int):
+                if len(seq) * max(count, 0) > _MAX_ELEMENTS:
+                    raise ValueError(f"the result would have more than {_MAX_ELEMENTS} elements")
+    if isinstance(op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+        if right * max(abs(left).bit_length() - 1, 1) > _MAX_INT_BITS:
+            raise ValueError(f"the result would have more than {_MAX_INT_BITS} bits")
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        raise ValueError(f"the result would have more than {_MAX_INT_BITS} bits")
+    return value
 
 
 def parse_bool(value: Any) -> Optional[bool]:

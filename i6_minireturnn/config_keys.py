@@ -48,10 +48,11 @@ def check_unsupported_keys(config: Config) -> None:
     backend = config.value("backend", None)
     if backend is not None and backend not in _SUPPORTED_BACKENDS:
         raise ConfigError(
-            f"backend = {backend!r} in {config.where()}: this runtime runs PyTorch (Mini-RETURNN) configs only; "
+            f"backend = {backend!r} {config.origin('backend')}: this runtime runs PyTorch (Mini-RETURNN) configs only; "
             "set backend = 'torch' (i6_core's ReturnnTrainingJob needs it set)"
         )
     if config.bool("use_tensorflow", False):
         raise ConfigError(
-            f"use_tensorflow = True in {config.where()}: this runtime runs PyTorch (Mini-RETURNN) configs only"
+            f"use_tensorflow = True {config.origin('use_tensorflow')}: "
+            "this runtime runs PyTorch (Mini-RETURNN) configs only"
         )

@@ -415,11 +415,10 @@ def validate_config(config: Config) -> None:
 
 def _error(config: Config, key: str, mismatch: Mismatch) -> ConfigError:
     entry = f" entry {mismatch.entry}" if mismatch.entry else ""
-    source = config.source_of(key)
+    origin = config.origin(key)
     if mismatch.note is not None:
-        return ConfigError(f"Config key {key!r}{entry} {mismatch.note} (from {source})")
+        return ConfigError(f"Config key {key!r}{entry} {mismatch.note} ({origin})")
     value = mismatch.value
     return ConfigError(
-        f"Config key {key!r}{entry} must be {mismatch.expected}, got {value!r} ({type(value).__name__}) "
-        f"(from {source})"
+        f"Config key {key!r}{entry} must be {mismatch.expected}, got {value!r} ({type(value).__name__}) {origin}"
     )

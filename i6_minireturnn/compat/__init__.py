@@ -138,7 +138,11 @@ def uninstall() -> None:
 
 
 def check_step_functions(config: Config) -> None:
-    """Step functions written for RETURNN mainline (taking ``extern_data``) fail here with one clear message."""
+    """Before anything runs: step functions written for RETURNN mainline (taking ``extern_data``) fail with one
+    clear message, and step functions and hooks whose signature cannot take the runtime's call (no ``**kwargs``,
+    positional-only parameters, ...) with a message naming the function and what to change."""
+    from ..step_functions import check_config_functions
+
     for key in ("train_step", "forward_step"):
         func = config.typed_value(key, None)
         if callable(func):
@@ -148,6 +152,7 @@ def check_step_functions(config: Config) -> None:
                 continue
             if "extern_data" in params:
                 raise MainlineApiError(mainline_message(f"{key}(..., extern_data, ...) in {config.where()}"))
+    check_config_functions(config)
 
 
 def installed() -> bool:

@@ -23,12 +23,12 @@ def resolve_device(config: Config) -> str:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"device {config.value('device')!r} requested in {config.where()}, but no CUDA GPU is available "
+                f"device {config.value('device')!r} requested {config.origin('device')}, but no CUDA GPU is available "
                 f"(torch {torch.__version__}, built with CUDA: {torch.version.cuda or 'no'}). Use device = 'cpu'."
             )
         return device
     if device != "cpu":
-        raise ConfigError(f"Unknown device {device!r} in {config.where()}; use 'cpu', 'cuda' or 'gpu'")
+        raise ConfigError(f"Unknown device {device!r} {config.origin('device')}; use 'cpu', 'cuda' or 'gpu'")
     return device
 
 

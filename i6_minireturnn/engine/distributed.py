@@ -49,22 +49,25 @@ class DistributedOptions:
             opts = {}
         if not isinstance(opts, dict):
             raise ConfigError(
-                f"torch_distributed must be a dict (e.g. {{}} or {{'reduce_type': 'grad'}}) in {config.where()}"
+                "torch_distributed must be a dict (e.g. {} or {'reduce_type': 'grad'}) "
+                + config.origin("torch_distributed")
             )
         unknown = sorted(set(opts) - set(_OPTIONS))
         if unknown:
             raise ConfigError(
-                f"torch_distributed in {config.where()} has unknown entries {', '.join(unknown)}; "
+                f"torch_distributed {config.origin('torch_distributed')} has unknown entries {', '.join(unknown)}; "
                 f"known: {', '.join(_OPTIONS)}"
             )
         options = cls(**opts)
         if options.reduce_type not in _REDUCE_TYPES:
             raise ConfigError(
-                f"torch_distributed reduce_type {options.reduce_type!r} in {config.where()}; "
+                f"torch_distributed reduce_type {options.reduce_type!r} {config.origin('torch_distributed')}; "
                 "use 'grad' (DDP) or 'param'"
             )
         if not isinstance(options.param_sync_step, int) or options.param_sync_step < 1:
-            raise ConfigError(f"torch_distributed param_sync_step must be an int >= 1 in {config.where()}")
+            raise ConfigError(
+                f"torch_distributed param_sync_step must be an int >= 1 {config.origin('torch_distributed')}"
+            )
         return options
 
 
@@ -275,8 +278,8 @@ def init_distributed(config: Config, device: str) -> Union[Distributed, SinglePr
         )
     if config.bool("use_horovod", False) and "RANK" not in os.environ:
         raise ConfigError(
-            f"use_horovod = True in {config.where()}, but the run was not started by torchrun: this runtime trains on "
-            "several processes through torch.distributed only (i6_core: distributed_launch_cmd='torchrun', "
-            "and torch_distributed = {} in the config)"
+            f"use_horovod = True {config.origin('use_horovod')}, but the run was not started by torchrun: "
+            "this runtime trains on several processes through torch.distributed only "
+            "(i6_core: distributed_launch_cmd='torchrun', and torch_distributed = {} in the config)"
         )
     return SingleProcess()

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import torch
 
 from ..config import Config
+from ..data.collate import map_tensors
 from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
@@ -116,7 +117,9 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         if func is None:
             raise ConfigError(f"Config key {key!r} ({purpose}) is missing in {self.config.where()}")
         if not callable(func):
-            raise ConfigError(f"Config key {key!r} must be a function, got {type(func).__name__}")
+            raise ConfigError(
+                f"Config key {key!r} must be a function, got {type(func).__name__} {self.config.origin(key)}"
+            )
         return func
 
     def _dataset(self, key: str, opts: Any = None) -> Dataset:
@@ -505,10 +508,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     def move_data_to_device(self, data: Dict[str, Any]) -> Dict[str, Any]:
         """Tensors to the run's device (non-blocking from pinned memory); other entries stay."""
         non_blocking = self._device.startswith("cuda")
-        return {
-            k: v.to(self._device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-            for k, v in data.items()
-        }
+        return map_tensors(data, lambda t: t.to(self._device, non_blocking=non_blocking))
 
     def _create_data_loader(self, dataset: Dataset) -> EpochDataLoader:
         """The batches of `dataset` for the current epoch, each time it is iterated (Mini-RETURNN's DataLoader)."""

@@ -57,7 +57,7 @@ def forward_dataset_options(config: Config) -> Tuple[str, Any]:
     named = config.typed_value(opts, None) if opts != "forward_data" else None
     if not isinstance(named, dict):
         raise ConfigError(
-            f"forward_data = {opts!r} in {config.where()} names no dataset: set it to a dataset dict "
+            f"forward_data = {opts!r} {config.origin('forward_data')} names no dataset: set it to a dataset dict "
             "or to the name of a config key holding one (e.g. 'dev')"
         )
     return opts, named

@@ -321,7 +321,8 @@ def learning_rate_control_from_config(config: Any) -> LearningRateControl:
     control_type = config.value("learning_rate_control", "constant")
     if control_type not in _CONTROL_TYPES:
         raise ConfigError(
-            f"Unknown learning_rate_control {control_type!r} in {config.where()}; valid: {', '.join(_CONTROL_TYPES)}"
+            f"Unknown learning_rate_control {control_type!r} {config.origin('learning_rate_control')}; "
+            f"valid: {', '.join(_CONTROL_TYPES)}"
         )
     learning_rates = config.typed_value("learning_rates")
     if isinstance(learning_rates, str):

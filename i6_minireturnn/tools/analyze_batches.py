@@ -18,6 +18,7 @@ from ..config import Config
 from ..data.chunking import chunk_lengths
 from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches, PipelineOptions
+from . import program_name
 from .dataset_source import load_dataset, run_tool
 
 
@@ -57,10 +58,10 @@ def analyze(dataset: Dataset, options: PipelineOptions, *, epoch: int = 1) -> Di
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line entry; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config")
-    parser.add_argument("--dataset", default="train")
-    parser.add_argument("--epoch", type=int, default=1)
+    parser = argparse.ArgumentParser(prog=program_name(__file__), description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="config file, or a dataset dict as Python literal")
+    parser.add_argument("--dataset", default="train", help="config key of the dataset (default: train)")
+    parser.add_argument("--epoch", type=int, default=1, help="epoch whose batches are analysed (default: 1)")
     args = parser.parse_args(argv)
 
     def action() -> None:

@@ -23,6 +23,7 @@ import torch
 from ..atomic_file import save_torch_atomic
 from ..engine.checkpoints import MODEL_SUFFIX, load_model_checkpoint
 from ..errors import CheckpointError
+from . import program_name
 from .dataset_source import run_tool
 
 # top-level entries the averaging computes itself (the others are copied from the first checkpoint)
@@ -159,7 +160,9 @@ def _shape(shape: Optional[tuple]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line entry (RETURNN's arguments); returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=program_name(__file__, "torch_avg_checkpoints.py"), description=__doc__.split("\n")[0]
+    )
     parser.add_argument(
         "--checkpoints", nargs="+", required=True, help="input checkpoints (several arguments, or comma-separated)"
     )

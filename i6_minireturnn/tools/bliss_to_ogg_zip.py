@@ -33,6 +33,7 @@ import numpy as np
 
 from ..atomic_file import atomic_path
 from ..errors import DataError, UserError
+from . import program_name
 
 # segments that run past the end of their audio by more than this are reported (shorter overruns are rounding)
 OVERRUN_WARNING_SECONDS = 0.01
@@ -458,7 +459,9 @@ def _hms(seconds: float) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """RETURNN's ``bliss-to-ogg-zip.py`` arguments."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=program_name(__file__, "bliss-to-ogg-zip.py"), description=__doc__.split("\n")[0]
+    )
     parser.add_argument("bliss_filename", help="Bliss XML corpus (.xml or .xml.gz)")
     parser.add_argument("--output", required=True, help="output NAME.zip (empty: dry run, nothing written)")
     parser.add_argument("--subset_segment_file", help="only these segments (full names, one per line)")

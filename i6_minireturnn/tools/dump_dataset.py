@@ -33,6 +33,7 @@ from ..config import Config
 from ..data.dataset import Dataset
 from ..data.registry import init_dataset
 from ..errors import ConfigError, DataError, UserError
+from . import program_name
 from .dataset_source import load_dataset, run_tool
 from .dataset_stats import FeatureStats
 
@@ -73,11 +74,11 @@ def describe(dataset: Dataset, *, epoch: int = 1, num_shown: int = 3) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Our command line entry; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=program_name(__file__), description=__doc__.split("\n")[0])
     parser.add_argument("source", help="config file, or a dataset dict as Python literal")
-    parser.add_argument("--dataset", default="train")
-    parser.add_argument("--epoch", type=int, default=1)
-    parser.add_argument("--seqs", type=int, default=3, help="sequences to print")
+    parser.add_argument("--dataset", default="train", help="config key of the dataset (default: train)")
+    parser.add_argument("--epoch", type=int, default=1, help="epoch of the sequence order (default: 1)")
+    parser.add_argument("--seqs", type=int, default=3, help="sequences to print (default: 3)")
     args = parser.parse_args(argv)
     return run_tool(
         lambda: print(describe(load_dataset(args.source, args.dataset)[0], epoch=args.epoch, num_shown=args.seqs))
@@ -108,10 +109,13 @@ def load_returnn_source(source: str, dataset_key: Optional[str] = None) -> Tuple
 
 def build_returnn_parser() -> argparse.ArgumentParser:
     """RETURNN's ``dump-dataset.py`` arguments."""
-    parser = argparse.ArgumentParser(description="Dump something from a dataset (RETURNN's dump-dataset).")
+    parser = argparse.ArgumentParser(
+        prog=program_name(__file__, "dump-dataset.py"),
+        description="Dump something from a dataset (RETURNN's dump-dataset).",
+    )
     parser.add_argument("returnn_config", help="config file, dataset dict (Python literal) or HDF file")
     parser.add_argument("--dataset", help="config key of the dataset (default: train)")
-    parser.add_argument("--epoch", type=int, default=1)
+    parser.add_argument("--epoch", type=int, default=1, help="epoch of the sequence order (default: 1)")
     parser.add_argument("--startseq", type=int, default=0, help="first sequence index (inclusive)")
     parser.add_argument("--endseq", type=int, default=None, help="last sequence index (inclusive), -1: all (10)")
     parser.add_argument("--seqtags", help="comma-separated sequence tags to dump (in this order)")
@@ -120,8 +124,12 @@ def build_returnn_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stdout_limit", type=float, default=None, help="array elements printed in full (inf: all)")
     parser.add_argument("--stdout_as_bytes", action="store_true", help="not supported")
     parser.add_argument("--verbosity", type=int, default=4, help="below 3: no progress/info lines")
-    parser.add_argument("--dump_prefix", default="/tmp/returnn.dump-dataset.")
-    parser.add_argument("--dump_postfix", default=".txt.gz")
+    parser.add_argument(
+        "--dump_prefix", default="/tmp/returnn.dump-dataset.", help="file name prefix of --type dump_seq files"
+    )
+    parser.add_argument(
+        "--dump_postfix", default=".txt.gz", help="file name suffix of --type dump_seq files (default: .txt.gz)"
+    )
     parser.add_argument("--key", default="data", help="data key to dump and to collect stats of (default: data)")
     parser.add_argument("--stats", action="store_true", help="print mean/std-dev stats of --key")
     parser.add_argument("--dump_stats", help="file prefix for the stats files (PREFIX.mean.txt, ...)")

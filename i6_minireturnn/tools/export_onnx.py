@@ -41,6 +41,7 @@ from ..engine import checkpoints
 from ..engine.run_ctx import init_load_run_ctx, reset_run_ctx
 from ..errors import CheckpointError, ConfigError, UserError
 from ..log import log
+from . import program_name
 from .dataset_source import run_tool
 
 EXPORT_SEED = 42  # dummy inputs made with torch.randn come out the same in every run (RETURNN seeds 42 as well)
@@ -306,7 +307,9 @@ def _missing_onnx_package(exc: BaseException) -> Optional[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line entry (RETURNN's arguments); returns the exit code."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=program_name(__file__, "torch_export_to_onnx.py"),
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="config file with get_model() and export()")
     parser.add_argument("checkpoint", help="model checkpoint (.pt; the suffix may be left out)")

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 from ..data.dataset import Dataset
 from ..data.hdf_writer import SimpleHDFWriter
 from ..errors import DataError, UserError
+from . import program_name
 from .dataset_source import load_dataset, run_tool
 
 
@@ -51,11 +52,11 @@ def dump(dataset: Dataset, output: str, *, epoch: int = 1, start_seq: int = 0, e
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line entry; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=program_name(__file__), description=__doc__.split("\n")[0])
     parser.add_argument("source", help="config file, or a dataset dict as Python literal")
     parser.add_argument("output", help="HDF file to write")
     parser.add_argument("--dataset", default="train", help="config key of the dataset (default: train)")
-    parser.add_argument("--epoch", type=int, default=1)
+    parser.add_argument("--epoch", type=int, default=1, help="epoch of the sequence order (default: 1)")
     parser.add_argument("--start_seq", type=int, default=0, help="first sequence index of the epoch (inclusive)")
     parser.add_argument("--end_seq", type=int, default=None, help="last sequence index (inclusive; default: the last)")
     args = parser.parse_args(argv)

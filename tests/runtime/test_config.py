@@ -95,3 +95,16 @@ def test_unread_keys_reported():
     config = Config({"num_epochs": 1, "my_constant": 2})
     config.int("num_epochs")
     assert config.unread_keys() == ["my_constant"]
+
+
+def test_line_based_entry_for_a_python_key_follows_the_command_line_rule(tmp_path):
+    py = tmp_path / "g.config"
+    py.write_text('#!rnn.py\nlearning_rates = [0.1]\nname = "abc"\n')
+    lines = tmp_path / "h.config"
+    lines.write_text("learning_rates [1e-3] * 2\nname 123\n")
+    config = load_config([str(py), str(lines)])
+    assert config.typed_value("learning_rates") == [1e-3, 1e-3]
+    assert config.typed_value("name") == "123"  # a string in the config stays a string
+    lines.write_text("learning_rates 1/0\n")
+    with pytest.raises(ConfigError, match=r"Cannot evaluate learning_rates '1/0' in config file .*ZeroDivision"):
+        load_config([str(py), str(lines)])

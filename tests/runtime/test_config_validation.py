@@ -121,7 +121,7 @@ def test_message_names_value_and_expectation(tmp_path, run_cli):
 )
 def test_command_line_value_names_the_command_line(tmp_path, run_cli, key, value):
     err = _fails(run_cli, write_config(tmp_path), f"++{key}", value)
-    assert f"Config key '{key}'" in err and f"the command line, ++{key}" in err, err
+    assert f"Config key '{key}'" in err and f"given on the command line (++{key} " in err, err
 
 
 def test_unknown_optimizer_class_is_reported_up_front(tmp_path, run_cli):
