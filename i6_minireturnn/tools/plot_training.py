@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import UserError
 from ..file_formats import EpochData, read_learning_rate_file
+from . import program_name
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -142,9 +143,7 @@ def default_title(learning_rates_file: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line entry; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m i6_minireturnn.tools.plot_training", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog=program_name(__file__), description=__doc__.split("\n")[0])
     parser.add_argument("learning_rates", help="the training's learning_rates file")
     parser.add_argument("--out-dir", help="folder for the plots (default: the learning_rates file's folder)")
     parser.add_argument("--format", default="png", help="png (default), svg or pdf")
@@ -159,6 +158,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     print(f"Wrote {outputs[0]} and {outputs[1]}")
+    best = best_epoch(read_learning_rate_file(args.learning_rates), args.key)
+    if best is not None:  # what a user picks a checkpoint by (forward with ++load_epoch N)
+        print(f"Best epoch by {best[0]}: {best[1]} ({best[2]:.6g})")
     return 0
 
 
