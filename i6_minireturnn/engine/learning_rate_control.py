@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from ..config import Config
 from ..errors import ConfigError
 from ..file_formats import EpochData as EpochData
 from ..file_formats import format_value as format_value
@@ -316,7 +317,7 @@ _CONTROL_TYPES = {
 CONTROL_TYPE_NAMES = tuple(_CONTROL_TYPES)  # the values of ``learning_rate_control`` (checked up front)
 
 
-def learning_rate_control_from_config(config: Any) -> LearningRateControl:
+def learning_rate_control_from_config(config: Config) -> LearningRateControl:
     """Builds the schedule from the ``learning_rate*`` / ``newbob_*`` config keys."""
     control_type = config.value("learning_rate_control", "constant")
     if control_type not in _CONTROL_TYPES:
