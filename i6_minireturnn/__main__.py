@@ -161,10 +161,12 @@ def run(argv: Sequence[str]) -> None:
     validate_config(config)
     start = time.monotonic()
     engine = create_engine(config)
+    completed = False
     try:
         execute_task(config, engine)
+        completed = True
     finally:
-        engine.close()  # the model prefix is free for the next run, also in the same process
+        engine.close(completed=completed)  # the model prefix is free for the next run, also in the same process
     unread = config.unread_keys()
     if unread:
         print(f"Note: config keys nothing read: {', '.join(unread)}", file=log.v4)

@@ -5,6 +5,10 @@ so memory does not grow with the file size. Datasets stored contiguously and unf
 them) are read with plain positioned reads at their byte offset: no HDF5 call per sequence, and loader threads
 read in parallel (HDF5 itself serialises all calls). Chunked or compressed datasets (e.g. from Mini-RETURNN's
 writer) are read through h5py. Files are opened per process (worker processes reopen them after a fork).
+
+The pipeline reads planned batches with :meth:`HDFDataset.read_batch`: each sequence goes straight from the file into
+its row of the padded batch tensor (pinned, where the batch goes to a GPU), with one read per sequence and key and
+no array per sequence in between.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from ..cache_manager import cached_path
 from ..errors import ConfigError, DataError
+from .collate import Batch, collated_dtype, padded_buffer, small_tensor
 from .dataset import CorpusOffsets, DataKey, Dataset
 
 
@@ -66,7 +71,8 @@ class _HDFFile:
         self.tags = [_decode(t) for t in f["seqTags"][...]] if "seqTags" in f else None
         self.keys: Dict[str, DataKey] = {}
         self.columns: Dict[str, int] = {}
-        self.raw: Dict[str, Tuple[int, np.dtype, Tuple[int, ...]]] = {}  # key -> (byte offset, dtype, row shape)
+        # key -> (byte offset, dtype, row shape, bytes per time frame)
+        self.raw: Dict[str, Tuple[int, np.dtype, Tuple[int, ...], int]] = {}
         if self.has_inputs:
             inputs = f["inputs"]
             sparse = inputs.ndim == 1
@@ -90,7 +96,9 @@ class _HDFFile:
             return
         offset = dataset.id.get_offset()
         if offset is not None:
-            self.raw[key] = (int(offset), dataset.dtype, tuple(dataset.shape[1:]))
+            row_shape = tuple(int(n) for n in dataset.shape[1:])
+            row_bytes = dataset.dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+            self.raw[key] = (int(offset), dataset.dtype, row_shape, row_bytes)
 
     def _reopen_after_fork(self) -> None:
         if self._pid != os.getpid():
@@ -108,25 +116,43 @@ class _HDFFile:
         return self._datasets[key]
 
     def read(self, key: str, seq: int) -> np.ndarray:
+        """The array of `key` of sequence `seq` (of this file)."""
         column = self.columns[key]
         start, length = int(self.starts[seq, column]), int(self.lengths[seq, column])
         try:
             if key in self.raw:
-                return self._read_raw(key, start, length)
+                offset, dtype, row_shape, row_bytes = self.raw[key]
+                out = np.empty((length,) + row_shape, dtype=dtype)
+                self._read_raw(out, offset + start * row_bytes)
+                return out
             return self.dataset(key)[start : start + length]
+        except DataError:
+            raise
         except Exception as exc:
             raise DataError(f"Cannot read sequence {seq} key {key!r} from {self.path!r}: {exc}") from None
 
-    def _read_raw(self, key: str, start: int, length: int) -> np.ndarray:
-        self._reopen_after_fork()
-        if self._fd is None:
+    def read_into(self, key: str, seq: int, out: np.ndarray) -> None:
+        """Reads `key` of sequence `seq` into `out` (C-contiguous, of the sequence's shape, any numeric dtype)."""
+        raw = self.raw.get(key)
+        try:
+            if raw is not None and raw[1] == out.dtype:
+                self._read_raw(out, raw[0] + int(self.starts[seq, self.columns[key]]) * raw[3])
+            elif raw is not None:  # a dtype torch lacks (uint16, ...): read, then widen
+                out[...] = self.read(key, seq)
+            elif out.size:
+                start = int(self.starts[seq, self.columns[key]])
+                self.dataset(key).read_direct(out, np.s_[start : start + out.shape[0]])
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"Cannot read sequence {seq} key {key!r} from {self.path!r}: {exc}") from None
+
+    def _read_raw(self, out: np.ndarray, byte_offset: int) -> None:
+        if self._pid != os.getpid() or self._fd is None:
+            self._reopen_after_fork()
             self._fd = os.open(self.path, os.O_RDONLY)
-        offset, dtype, row_shape = self.raw[key]
-        row_bytes = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-        out = np.empty((length,) + row_shape, dtype=dtype)
-        if length and os.preadv(self._fd, [memoryview(out).cast("B")], offset + start * row_bytes) != out.nbytes:
+        if out.nbytes and os.preadv(self._fd, [memoryview(out).cast("B")], byte_offset) != out.nbytes:
             raise DataError(f"HDF file {self.path!r} ends early (truncated?)")
-        return out
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
@@ -186,3 +212,38 @@ class HDFDataset(Dataset):
     def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         hdf, seq = self._locate(corpus_idx)
         return {key: hdf.read(key, seq) for key in self.data_keys}
+
+    def read_batch(self, corpus_indices: Sequence[int], seq_indices: Sequence[int], *, pin_memory: bool) -> Batch:
+        """The collated batch of these sequences (what :func:`.collate.collate_batch` gives for their
+        ``get_corpus_seq``), read from the files straight into the padded tensors."""
+        where = [self._locate(i) for i in corpus_indices]
+        batch = Batch(dataset_name=self.name)
+        for key, info in self.data_keys.items():
+            lengths = [int(hdf.lengths[seq, hdf.columns[key]]) for hdf, seq in where]
+            dtype = collated_dtype(np.dtype(info.dtype))
+            buffer = padded_buffer([(n,) + info.shape for n in lengths], dtype, pin_memory=pin_memory)
+            rows = buffer.numpy()
+            for b, (hdf, seq) in enumerate(where):
+                hdf.read_into(key, seq, rows[b, : lengths[b]])
+            batch[key] = buffer
+            batch[f"{key}:size1"] = small_tensor(lengths, pin_memory=pin_memory)
+            for axis, dim in enumerate(info.shape):
+                batch[f"{key}:size{axis + 2}"] = small_tensor([dim] * len(where), pin_memory=pin_memory)
+            batch[f"{key}:size0"] = small_tensor(len(where), pin_memory=pin_memory)
+        batch["seq_tag"] = [self.corpus_seq_tag(i) for i in corpus_indices]
+        batch["seq_idx"] = list(seq_indices)
+        return batch
+
+    @property
+    def reads_batches(self) -> bool:
+        """Whether :meth:`read_batch` gives what collating ``get_corpus_seq`` gives: the data keys are numeric and of
+        fixed frame shape, and no subclass changes what a sequence holds."""
+        cls = type(self)
+        unchanged = (
+            cls.load_corpus_seq is HDFDataset.load_corpus_seq
+            and cls.corpus_seq_tag is HDFDataset.corpus_seq_tag
+            and cls.get_corpus_seq is Dataset.get_corpus_seq
+        )
+        return unchanged and all(
+            np.dtype(info.dtype).kind in "biuf" and None not in info.shape for info in self.data_keys.values()
+        )

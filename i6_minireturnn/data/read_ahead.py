@@ -3,6 +3,9 @@
 Workers are threads by default: reading, decoding and copying arrays release the GIL, and a batch then needs no
 transfer between processes (which costs more than collating it). ``data_worker_type = "process"`` uses DataLoader
 worker processes instead, for datasets whose loading holds the GIL.
+
+Where batches go to a GPU (``pin_memory``), threads collate them straight into page-locked memory (no second copy of
+each batch); with worker processes the DataLoader pins them.
 """
 
 from __future__ import annotations
@@ -17,34 +20,40 @@ import torch.utils.data
 
 from .batching import group_into_batches
 from .chunking import cut
-from .collate import collate_batch
+from .collate import Batch, collate_batch
 from .dataset import Dataset
 from .epoch_plan import Item, expand_sequence, streamed_positions
 
 if TYPE_CHECKING:
     from .pipeline import PipelineOptions
 
-Batch = Dict[str, Any]
 
-
-def load_items(dataset: Dataset, items: List[Item]) -> Batch:
+def load_items(dataset: Dataset, items: List[Item], pin_memory: bool = False) -> Batch:
     """Loads the sequences of one planned batch (each once, also when several of its chunks are in it) and
-    collates them."""
+    collates them (into page-locked memory with `pin_memory`).
+
+    Datasets that can (``reads_batches``, e.g. HDF) read whole sequences straight into the batch tensors
+    (``read_batch``).
+    """
+    if getattr(dataset, "reads_batches", False) and all(item.span is None for item in items):
+        corpus_indices = [item.corpus_idx for item in items]
+        return dataset.read_batch(corpus_indices, [item.seq_idx for item in items], pin_memory=pin_memory)
     loaded: Dict[int, Dict[str, Any]] = {}
     seqs = []
     for item in items:
         if item.corpus_idx not in loaded:
             loaded[item.corpus_idx] = dataset.get_corpus_seq(item.corpus_idx, seq_idx=item.seq_idx)
         seqs.append(cut(loaded[item.corpus_idx], item.span))
-    return collate_batch(seqs)
+    return collate_batch(seqs, dataset_name=dataset.name, pin_memory=pin_memory)
 
 
-def stream_batches(dataset: Dataset, options: PipelineOptions, seed: int) -> Iterator[Batch]:
+def stream_batches(dataset: Dataset, options: PipelineOptions, seed: int, pin_memory: bool = False) -> Iterator[Batch]:
     """The batches of a dataset without cheap lengths: loads the shard's sequences in epoch order and batches them
-    as they come (the same batches a plan would give, had the lengths been known)."""
+    as they come (the same batches a plan would give, had the lengths been known); collated into page-locked memory
+    with `pin_memory`."""
     chunks = _streamed_chunks(dataset, options, seed)
     for batch in group_into_batches(chunks, options.limits, drop_last=options.drop_last):
-        yield collate_batch(batch)
+        yield collate_batch(batch, dataset_name=dataset.name, pin_memory=pin_memory)
 
 
 def _streamed_chunks(
@@ -69,14 +78,14 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     pin = options.pin_memory
     if options.num_workers == 0:
         for items in plan:
-            yield _load_planned(dataset, items, pin)
+            yield load_items(dataset, items, pin)
         return
     pool = ThreadPoolExecutor(options.num_workers, thread_name_prefix="data")
     in_flight = options.num_workers * options.prefetch
     pending: Deque[Future] = collections.deque()
     try:
         for items in plan:
-            pending.append(pool.submit(_load_planned, dataset, items, pin))
+            pending.append(pool.submit(load_items, dataset, items, pin))
             if len(pending) > in_flight:
                 yield pending.popleft().result()
         while pending:
@@ -90,43 +99,25 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
     if options.num_workers > 0 and options.worker_type == "process":
         yield from _loader_processes(_StreamedBatches(dataset, options, seed), 1, options)
         return
-    batches = stream_batches(dataset, options, seed)
-    pin = options.pin_memory
+    batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory)
     if options.num_workers == 0:
-        for batch in batches:
-            yield _pinned(batch) if pin else batch
+        yield from batches
         return
     # one thread: it runs the submitted steps of the stream one after another, in order
     pool = ThreadPoolExecutor(1, thread_name_prefix="data")
     pending: Deque[Future] = collections.deque(
-        pool.submit(_next_batch, batches, pin) for _ in range(max(1, options.prefetch))
+        pool.submit(next, batches, None) for _ in range(max(1, options.prefetch))
     )
     try:
         while True:
             batch = pending.popleft().result()
             if batch is None:
                 return
-            pending.append(pool.submit(_next_batch, batches, pin))
+            pending.append(pool.submit(next, batches, None))
             yield batch
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         batches.close()
-
-
-def _load_planned(dataset: Dataset, items: List[Item], pin: bool) -> Batch:
-    batch = load_items(dataset, items)
-    return _pinned(batch) if pin else batch
-
-
-def _next_batch(batches: Iterator[Batch], pin: bool) -> Optional[Batch]:
-    """The stream's next batch, None at its end."""
-    batch = next(batches, None)
-    return _pinned(batch) if pin and batch is not None else batch
-
-
-def _pinned(batch: Batch) -> Batch:
-    """Page-locked copies of the tensors, so the copy to the GPU can run asynchronously."""
-    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class _PlannedBatches(torch.utils.data.Dataset):

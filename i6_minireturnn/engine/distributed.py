@@ -87,7 +87,7 @@ class SingleProcess:
     def device(self, device: str) -> str:
         return device
 
-    def close(self) -> None:
+    def close(self, *, completed: bool = False) -> None:
         pass
 
     def wrap(self, model: torch.nn.Module) -> None:
@@ -150,9 +150,12 @@ class Distributed:
         """The process's device: ``cuda:LOCAL_RANK`` where the config asks for CUDA."""
         return f"cuda:{self.local_rank}" if device.startswith("cuda") else device
 
-    def close(self) -> None:
-        """Leaves the process group."""
+    def close(self, *, completed: bool = False) -> None:
+        """Leaves the process group. After a completed task all ranks first wait for each other: a rank that tore its
+        connections down while another still used them ended that one with SIGABRT at exit (gloo)."""
         if dist.is_initialized():
+            if completed:
+                dist.barrier()
             dist.destroy_process_group()
 
     # ---- the model ------------------------------------------------------------------------------------------------

@@ -93,13 +93,14 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         # A CustomEngine may override run_train_step with or without step_idx; decided once, not per step.
         self._run_train_step_takes_step_idx = _takes_step_idx(self.run_train_step)
 
-    def close(self) -> None:
-        """Releases what the run holds beyond its objects (the model prefix lock, the process group)."""
+    def close(self, *, completed: bool = False) -> None:
+        """Releases what the run holds beyond its objects (the model prefix lock, the process group); `completed`:
+        the task ended without an error (then the ranks leave the process group together)."""
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
         self._reporting.close()
-        self._ranks.close()
+        self._ranks.close(completed=completed)
 
     def _data_options(self, purpose: str) -> PipelineOptions:
         """The pipeline options for training ("train") or evaluation ("eval"): with several ranks, this rank's shard;

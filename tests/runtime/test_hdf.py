@@ -7,11 +7,15 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 h5py = pytest.importorskip("h5py")
 
+from i6_minireturnn.data.batching import BatchLimits  # noqa: E402
+from i6_minireturnn.data.collate import collate_batch  # noqa: E402
 from i6_minireturnn.data.hdf import HDFDataset  # noqa: E402
 from i6_minireturnn.data.hdf_writer import SimpleHDFWriter  # noqa: E402
+from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions  # noqa: E402
 from i6_minireturnn.data.registry import init_dataset  # noqa: E402
 from i6_minireturnn.errors import DataError  # noqa: E402
 from i6_minireturnn.tools import hdf_dump  # noqa: E402
@@ -160,3 +164,84 @@ def test_bad_files_are_named(tmp_path):
         f.create_dataset("inputs", data=np.zeros((3, 2)))
     fails(tmp_path / "nolengths.hdf", "nolengths.hdf.*no 'seqLengths'")
     fails(tmp_path / "good.hdf", "good.hdf.*no data key.*'alignment'", data_keys=["data", "alignment"])
+
+
+def _assert_same_batch(batch, expected):
+    assert list(batch) == list(expected) and batch.dataset_name == expected.dataset_name
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+        else:
+            assert batch[key] == value, key
+
+
+def _stored_like_minireturnn(path, rng, lengths, **storage):
+    """Mini-RETURNN's layout with the data stored as given (chunked, compressed: read through h5py), uint16 labels
+    (widened when collated), a key with two feature axes, and an empty sequence."""
+    frames = sum(lengths)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("inputs", data=rng.standard_normal((frames, 5)).astype("float32"), **storage)
+        f.create_dataset("seqLengths", data=np.array([[n, n, n] for n in lengths], dtype="int32"))
+        f.create_dataset("seqTags", data=np.array([f"t{i}" for i in range(len(lengths))], dtype="S"))
+        f.create_dataset("targets/data/classes", data=rng.randint(0, 9, frames).astype("uint16"), **storage)
+        f.create_dataset("targets/data/grid", data=rng.standard_normal((frames, 2, 3)).astype("float32"))
+
+
+@pytest.mark.parametrize("storage", [{}, {"chunks": True}, {"compression": "gzip"}])
+def test_batches_read_in_place_equal_collated_sequences(tmp_path, storage):
+    lengths = [4, 0, 7, 1, 3, 3, 6]
+    _stored_like_minireturnn(tmp_path / "a.hdf", np.random.RandomState(3), lengths[:3], **storage)
+    _stored_like_minireturnn(tmp_path / "b.hdf", np.random.RandomState(4), lengths[3:], **storage)
+    files = [str(tmp_path / "a.hdf"), str(tmp_path / "b.hdf")]
+    dataset = HDFDataset(files=files, use_cache_manager=False, seq_ordering="random")
+    dataset.init_seq_order(2)
+    assert dataset.reads_batches
+    order = [dataset.corpus_index(i) for i in range(dataset.num_seqs)]
+    for picked in (order, order[:1], [order[i] for i in (1, 4)]):
+        seq_indices = [order.index(i) for i in picked]
+        expected = collate_batch(
+            [dataset.get_corpus_seq(c, seq_idx=s) for c, s in zip(picked, seq_indices)], dataset_name=dataset.name
+        )
+        _assert_same_batch(dataset.read_batch(picked, seq_indices, pin_memory=False), expected)
+    assert expected["classes"].dtype == torch.int32
+
+
+class _Shifted(HDFDataset):
+    """Changes what a sequence holds: its batches must be collated from the changed sequences."""
+
+    def load_corpus_seq(self, corpus_idx):
+        return {key: value + 1 for key, value in super().load_corpus_seq(corpus_idx).items()}
+
+
+def test_pipeline_batches_unchanged_by_reading_in_place(tmp_path):
+    _stored_like_minireturnn(tmp_path / "a.hdf", np.random.RandomState(5), list(range(1, 30)))
+    path = str(tmp_path / "a.hdf")
+
+    def batches(dataset, workers, worker_type="thread"):
+        options = PipelineOptions(limits=BatchLimits(40, 5), num_workers=workers, worker_type=worker_type)
+        return list(EpochBatches(dataset, 1, options))
+
+    dataset = HDFDataset(files=[path], use_cache_manager=False, seq_ordering="laplace:.8")
+    plan = EpochBatches(dataset, 1, PipelineOptions(limits=BatchLimits(40, 5))).plan
+    expected = [
+        collate_batch([dataset.get_corpus_seq(i.corpus_idx, seq_idx=i.seq_idx) for i in items], dataset.name)
+        for items in plan
+    ]
+    for workers, worker_type in ((0, "thread"), (2, "thread"), (1, "process")):
+        got = batches(dataset, workers, worker_type)
+        assert len(got) == len(expected)
+        for batch, want in zip(got, expected):
+            _assert_same_batch(batch, want)
+    shifted = _Shifted(files=[path], use_cache_manager=False, seq_ordering="laplace:.8")
+    assert not shifted.reads_batches
+    first = batches(shifted, 0)[0]
+    assert torch.equal(first["classes"][:, :1], expected[0]["classes"][:, :1] + 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_batches_read_into_pinned_memory(tmp_path):
+    _stored_like_minireturnn(tmp_path / "a.hdf", np.random.RandomState(6), [5, 2, 0, 9])
+    dataset = HDFDataset(files=[str(tmp_path / "a.hdf")], use_cache_manager=False)
+    pinned = dataset.read_batch([3, 0, 2], [0, 1, 2], pin_memory=True)
+    _assert_same_batch(pinned, dataset.read_batch([3, 0, 2], [0, 1, 2], pin_memory=False))
+    assert all(value.is_pinned() for value in pinned.values() if isinstance(value, torch.Tensor))

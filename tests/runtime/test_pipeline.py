@@ -296,3 +296,20 @@ def test_earlier_hook_names_call_and_extend_the_built_in_datasets():
     dataset.init_seq_order(1)
     assert dataset.get_seq(0)["data"].tolist() == [[2.0]] * 3 and dataset._corpus_size() == 1
     assert dataset.has_cheap_lengths and dataset._corpus_seq_lengths(0) == {"data": 3}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_pinned_batches_equal_unpinned():
+    dataset = SyntheticSpeechDataset(num_seqs=30, seq_ordering="laplace:.10")
+    batches = {}
+    for pin in (False, True):
+        options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=1, pin_memory=pin)
+        batches[pin] = list(EpochBatches(dataset, 1, options))
+    assert len(batches[True]) == len(batches[False])
+    for pinned, plain in zip(batches[True], batches[False]):
+        assert list(pinned) == list(plain) and type(pinned) is type(plain)
+        for key, value in plain.items():
+            if isinstance(value, torch.Tensor):
+                assert pinned[key].is_pinned() and torch.equal(pinned[key], value), key
+            else:
+                assert pinned[key] == value
