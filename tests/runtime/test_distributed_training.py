@@ -98,14 +98,15 @@ def _scores(folder: Path) -> dict:
     return {epoch: data.error for epoch, data in read_learning_rate_file(str(folder / "out/learning_rates")).items()}
 
 
-@pytest.mark.parametrize("reduce_type", ["grad", "param"])
-def test_two_ranks_equal_one_process_accumulating_their_batch_pairs(tmp_path, reduce_type):
+@pytest.mark.parametrize("reduce_type, accum", [("grad", 1), ("param", 1), ("grad", 2)])
+def test_two_ranks_equal_one_process_accumulating_their_batch_pairs(tmp_path, reduce_type, accum):
     # 24 sequences, 3 per batch: 8 batches an epoch; rank r takes batches r, r+2, ...; global step k is batches
-    # 2k and 2k+1, which the single process accumulates (accum_grad_multiple_step = 2).
-    extra = f"torch_distributed = {{'reduce_type': {reduce_type!r}}}\n"
+    # 2k and 2k+1, which the single process accumulates (accum_grad_multiple_step = 2). With accumulation over 2
+    # steps on each rank (no_sync on the first), an update covers 4 batches: the single process accumulates 4.
+    extra = f"torch_distributed = {{'reduce_type': {reduce_type!r}}}\naccum_grad_multiple_step = {accum}\n"
     code, out = _run(_write(tmp_path / "two", extra, lr=0.2).parent, processes=2)
     assert code == 0, out
-    code, out_single = _run(_write(tmp_path / "one", "accum_grad_multiple_step = 2\n", lr=0.1).parent)
+    code, out_single = _run(_write(tmp_path / "one", f"accum_grad_multiple_step = {2 * accum}\n", lr=0.1).parent)
     assert code == 0, out_single
     assert "trained 4 steps" in out and "trained 8 steps" in out_single
     for epoch in (1, 2):
@@ -243,4 +244,3 @@ def test_forward_refuses_several_processes(tmp_path):
         f.write(extra)
     code, out = _run(folder, "++task", "forward", processes=2)
     assert code != 0 and "Task forward runs in one process" in out
-
