@@ -51,7 +51,10 @@ def remove_stale_temp_files(model_prefix: str) -> None:
     """Deletes leftovers of writes that a killed run did not finish."""
     for path in glob.glob(glob.escape(model_prefix) + ".*"):
         if is_temp_file(path):
-            os.remove(path)
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another process removed it meanwhile
+                continue
             print(f"Removed unfinished file {path}", file=log.v3)
 
 

@@ -35,7 +35,8 @@ class EngineBase:
         self._final_epoch = self.config_get_final_epoch(self.config)
         self.learning_rate_control = learning_rate_control_from_config(self.config)
         self.learning_rate = self.learning_rate_control.default_learning_rate
-        check_outputs(self._train_outputs())
+        if self._ranks.is_main:  # it tries the folders with temp files; rank 0 alone writes there
+            check_outputs(self._train_outputs())
         if self.model_filename and self._run_lock is None and self._ranks.is_main:
             self._run_lock = ModelPrefixLock(self.model_filename)
             self._run_lock.acquire()
