@@ -248,14 +248,7 @@ def _optimizer(value: Any) -> None:
                 note=f"= {value[name]!r}: set the learning rate with learning_rate / learning_rates, "
                 "outside of the 'optimizer' dict",
             )
-    for name, item in value.items():
-        rule = _OPTIMIZER_ARGUMENTS.get(name)
-        if rule is None or item is None:
-            continue
-        try:
-            rule(item)
-        except Mismatch as mismatch:
-            raise mismatch.inside(f"[{name!r}]") from None
+    options(_OPTIMIZER_ARGUMENTS, closed=False, what=expected)(value)  # the arguments it knows; others go to torch
 
 
 def _log_verbosity(value: Any) -> None:
