@@ -19,6 +19,7 @@ KNOWN_CONFIG_KEYS = frozenset("""
     num_workers_per_gpu data_worker_type
     num_epochs start_epoch save_interval model load load_epoch import_model_train_epoch1 preload_from_files
     load_ignore_missing_vars allow_missing_optimizer_checkpoint allow_random_model_init cleanup_old_models
+    store_checkpoints_in_background
     optimizer learning_rate learning_rates learning_rate_control learning_rate_file min_learning_rate
     learning_rate_control_error_measure learning_rate_control_min_num_epochs_per_new_lr
     learning_rate_control_relative_error_relative_lr relative_error_div_by_old newbob_relative_error_div_by_old

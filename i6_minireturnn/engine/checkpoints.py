@@ -5,6 +5,7 @@ The file names come from :mod:`i6_minireturnn.file_formats` (shared with the Sis
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import re
@@ -95,6 +96,45 @@ def save_model(
     save_torch_atomic({"model": model.state_dict(), "epoch": epoch, "step": step, **(extra or {})}, path)
     print(f"Saved model {path}", file=log.v4)
     return path
+
+
+def snapshot_model(
+    model: torch.nn.Module, epoch: int, step: int, extra: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """What :func:`save_model` writes, copied to CPU now, so that it can be written later while training goes on."""
+    return cpu_snapshot({"model": model.state_dict(), "epoch": epoch, "step": step, **(extra or {})})
+
+
+def write_snapshot(state: Any, path: str, *, what: Optional[str] = None) -> None:
+    """Writes a snapshot (:func:`snapshot_model`, an optimizer snapshot) atomically; logs `what` was saved."""
+    save_torch_atomic(state, path)
+    if what:
+        print(f"Saved {what} {path}", file=log.v4)
+
+
+def cpu_snapshot(obj: Any) -> Any:
+    """A copy of `obj` for writing later: every tensor copied to CPU (a copy also on a CPU device, never a view of
+    live parameters or optimizer state, which the next steps change), containers rebuilt, other values deep-copied.
+    Tensors of the same memory (tied weights) stay one tensor in the copy, as torch.save stores them."""
+    return _cpu_copy(obj, {})
+
+
+def _cpu_copy(obj: Any, copies: Dict[Tuple, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = (obj.device, obj.untyped_storage().data_ptr(), obj.storage_offset(), obj.shape, obj.stride(), obj.dtype)
+        if key not in copies:
+            copies[key] = obj.detach().to("cpu", copy=True)
+        return copies[key]
+    if isinstance(obj, dict):
+        result = type(obj)((key, _cpu_copy(value, copies)) for key, value in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state dict's versions, which torch.save stores with it
+            result._metadata = copy.deepcopy(obj._metadata)
+        return result
+    if isinstance(obj, list):
+        return [_cpu_copy(value, copies) for value in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_cpu_copy(value, copies) for value in obj)
+    return copy.deepcopy(obj)
 
 
 def load_state_into_model(
@@ -212,6 +252,14 @@ def cleanup_old_models(model_prefix: str, options: Any, scores: Dict[int, Dict[s
     if deleted:
         print(f"Cleanup: kept epochs {sorted(kept)}, deleted {sorted(deleted)}", file=log.v3)
     return deleted
+
+
+def remove_unneeded(model_prefix: str, cleanup_options: Any, scores: Dict[int, Dict[str, float]]) -> None:
+    """The engine's cleanup after an epoch: optimizer states but the two newest (enough to resume if one is damaged),
+    and with ``cleanup_old_models`` (`cleanup_options`) the epochs it does not keep."""
+    remove_old_optimizer_states(model_prefix, keep_newest=2)
+    if cleanup_options:
+        cleanup_old_models(model_prefix, cleanup_options, scores)
 
 
 def newest_loadable(model_prefix: str) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:

@@ -12,6 +12,7 @@ the ones that are only translations live in mini_returnn_names.py. Training and 
 
 from __future__ import annotations
 
+import functools
 import gc
 import inspect
 import itertools
@@ -30,6 +31,7 @@ from ..data.registry import init_dataset
 from ..errors import CheckpointError, ConfigError
 from ..log import log
 from . import checkpoints, resume
+from .background_store import BackgroundStore
 from .device import autocast, read_amp_dtype, resolve_device, seed_everything
 from .distributed import init_distributed
 from .inference import InferenceTasks
@@ -48,6 +50,7 @@ from .run_ctx import (
     with_unknown_kwarg,
 )
 from .run_lock import ModelPrefixLock
+from .startup_overlap import FirstBatches, start_cuda, take_batches
 from .stop_signals import StopRequested, StopSignals
 from .updater import Updater
 
@@ -61,6 +64,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self.config = config
         self._ranks = init_distributed(config, resolve_device(config))
         self._device = self._ranks.device(resolve_device(config))
+        start_cuda(self._device)  # overlaps with building datasets and the model on the CPU
         if not self._ranks.is_main:  # rank 0 writes the log (files); the others print warnings and errors only
             log.initialize(verbosity=min(log.verbosity, 1))
         self.model_filename: Optional[str] = config.value("model", None)
@@ -84,6 +88,9 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self._progress_interval = self._reporting.progress_interval  # also of forward (inference.py)
         self._random_seed = config.int("random_seed", 42)
         self._stop_signals = StopSignals()
+        # Epochs are stored by a writer thread while training goes on (False: on the main thread, as RETURNN does).
+        self._store = BackgroundStore(in_background=config.bool("store_checkpoints_in_background", True))
+        self._first_batches: Optional[FirstBatches] = None  # the first epoch's, read while the model is built
         self._run_lock: Optional[ModelPrefixLock] = None
         # Mini-RETURNN's data loader attributes, read and set by custom engines (see _create_data_loader).
         self._train_dataloader: Optional[EpochDataLoader] = None
@@ -95,12 +102,18 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
 
     def close(self, *, completed: bool = False) -> None:
         """Releases what the run holds beyond its objects (the model prefix lock, the process group); `completed`:
-        the task ended without an error (then the ranks leave the process group together)."""
-        if self._run_lock is not None:
-            self._run_lock.release()
-            self._run_lock = None
-        self._reporting.close()
-        self._ranks.close(completed=completed)
+        the task ended without an error (then the ranks leave the process group together). Files still being
+        written are finished first; a failed write not reported yet is raised."""
+        try:
+            if self._first_batches is not None:  # unused (nothing to train, an error)
+                self._first_batches.close()
+            self._store.close()
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
+                self._run_lock = None
+            self._reporting.close()
+            self._ranks.close(completed=completed)
 
     def _data_options(self, purpose: str) -> PipelineOptions:
         """The pipeline options for training ("train") or evaluation ("eval"): with several ranks, this rank's shard;
@@ -139,6 +152,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         if self._ranks.is_main:
             self._ranks.barrier()
         self._start_epoch = start.epoch
+        self._start_first_batches()
         self._load_model(epoch=start.epoch, state=start.state, init_for_train=start.epoch == 1)
         self._ranks.wrap(self._model)
         # A stored epoch that was not evaluated yet is evaluated first: learning-rate control (newbob) decides the
@@ -156,6 +170,20 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         if start.optimizer_file is not None:
             self._load_optimizer(start.epoch, filename=start.optimizer_file)
         warn_on_low_space(self._train_outputs(), estimate_checkpoint_bytes(self._model, self._updater.optimizer))
+
+    def _start_first_batches(self) -> None:
+        """Starts reading the first epoch's batches while the model is built; only where our train_epoch reads them
+        and the training dataset is no eval dataset (evaluating a stored epoch first must not move its state)."""
+        if (
+            self.config.value("task", "train") != "train"
+            or type(self).train_epoch is not Engine.train_epoch
+            or self._start_epoch > self._final_epoch
+            or any(dataset is self.train_dataset for dataset in self.eval_datasets.values())
+        ):
+            return
+        options = self._data_options("train")
+        read_ahead = not (options.num_workers > 0 and options.worker_type == "process")
+        self._first_batches = FirstBatches(self.train_dataset, self._start_epoch, options, read_ahead=read_ahead)
 
     def _train_outputs(self) -> Dict[str, str]:
         """The files training writes, by the config key that names them (checked before the first step)."""
@@ -202,6 +230,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         epoch continues the checkpoint's global step so that a resumed run sees the same steps as an uninterrupted one.
         """
         if filename is not None and state is None:
+            self._store.flush()  # a file being written is read back complete
             print(f"Load model {filename}", file=log.v4)
             state = checkpoints.load_model_checkpoint(checkpoints.checkpoint_file(filename))
             if epoch is None:
@@ -242,6 +271,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     def _load_optimizer(self, epoch: int, filename: Optional[str] = None) -> None:
         """Restores the optimizer state stored with epoch ``epoch - 1`` (Mini-RETURNN's signature: `epoch` is the
         epoch about to be trained), or from `filename`."""
+        self._store.flush()  # a file being written is read back complete
         if filename is None:
             filename = checkpoints.optimizer_path(self.model_filename, epoch - 1)
             if not os.path.isfile(filename):
@@ -264,31 +294,43 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     # ---- training ------------------------------------------------------------------------------------------------
 
     def train(self) -> None:
-        """Trains epochs start..num_epochs; each: train, save, evaluate, clean up."""
-        self._cleanup()  # where a stopped run left it unfinished
-        # Done in our init_train already (then a no-op); a CustomEngine's own init_train relies on this call, as in
-        # Mini-RETURNN, which checks here.
-        self._eval_missing_for_stored_epoch()
-        if self._start_epoch > self._final_epoch:
-            print(f"Nothing to train: epoch {self._final_epoch} is stored already.", file=log.v2)
-            return
-        print(f"Starting training at epoch {self._start_epoch}, global step {self._train_step}.", file=log.v3)
+        """Trains epochs start..num_epochs (train, save, evaluate, clean up); ends when all their files are written."""
         try:
             with self._stop_signals:
-                for epoch in range(self._start_epoch, self._final_epoch + 1):
-                    self.epoch = epoch
-                    self._seed_epoch()  # also for a CustomEngine whose init_train_epoch does not call ours
-                    self.init_train_epoch()
-                    self.train_epoch()
+                try:
+                    trained = self._train_epochs()
+                    self._store.flush()
+                except BaseException as error:
+                    self._store.flush_after(error, self._stop_signals.deferred)
+                    raise
         except StopRequested as stop:
             raise StopRequested(
                 stop.signum,
                 f"{signal.Signals(stop.signum).name} received in epoch {self.epoch}: "
                 f"stopped; {self._kept_epochs()}",
             ) from None
-        print(f"Finished training at epoch {self._final_epoch}.", file=log.v3)
+        if trained:
+            print(f"Finished training at epoch {self._final_epoch}.", file=log.v3)
+
+    def _train_epochs(self) -> bool:
+        """The epochs still to train; False where there were none."""
+        self._cleanup()  # where a stopped run left it unfinished
+        # Done in our init_train already (then a no-op); a CustomEngine's own init_train relies on this call, as in
+        # Mini-RETURNN, which checks here.
+        self._eval_missing_for_stored_epoch()
+        if self._start_epoch > self._final_epoch:
+            print(f"Nothing to train: epoch {self._final_epoch} is stored already.", file=log.v2)
+            return False
+        print(f"Starting training at epoch {self._start_epoch}, global step {self._train_step}.", file=log.v3)
+        for epoch in range(self._start_epoch, self._final_epoch + 1):
+            self.epoch = epoch
+            self._seed_epoch()  # also for a CustomEngine whose init_train_epoch does not call ours
+            self.init_train_epoch()
+            self.train_epoch()
+        return True
 
     def _kept_epochs(self) -> str:
+        self._store.flush()  # the stored epochs are read from the files
         stored = resume.complete_epochs(self.model_filename, self.learning_rate_control) if self.model_filename else []
         if not stored:
             return "no epoch is stored yet; a restart begins with epoch 1"
@@ -311,7 +353,8 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     def train_epoch(self) -> None:
         """One epoch: steps over the training data, then save, evaluate and clean up."""
         print(f"start epoch {self.epoch} with learning rate {self.learning_rate} ...", file=log.v3)
-        batches = EpochBatches(self.train_dataset, self.epoch, self._data_options("train"))
+        first, self._first_batches = self._first_batches, None  # started early where they are this epoch's
+        batches = take_batches(first, self.train_dataset, self.epoch, self._data_options("train"))
         self._steps_in_epoch = batches.num_batches
         skip_nonfinite = any(getattr(updater, "skip_nonfinite", False) for updater in self._updaters())
         tracker = LossTracker(self._device, keep_step_values=log.verbose[5], skip_nonfinite=skip_nonfinite)
@@ -393,8 +436,12 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             summary += f" (steps of each of {self._ranks.world_size} ranks; losses over all ranks)"
         print(summary, file=log.v2)
         with self._stop_signals.deferred():  # stored as one unit; see resume.py for the order and why
+            # The previous epoch's files are written first: one epoch's snapshots in memory at most, and a custom
+            # engine's own synchronous writes (e.g. its optimizers) follow them on disk.
+            self._store.flush()
             if self._ranks.is_main:
-                resume.start_learning_rate_file(self.learning_rate_control)
+                create = functools.partial(resume.start_learning_rate_file, self.learning_rate_control)
+                self._store.submit(f"{self.learning_rate_control.filename} (created empty)", create)
             if self._should_save(self.epoch):
                 self._save_optimizer()
                 self.save_model()
@@ -516,21 +563,22 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         return EpochDataLoader(self, dataset)
 
     def save_model(self) -> None:
-        """Writes the current epoch's model file (rank 0 of several)."""
-        if not self._ranks.is_main:
-            return
-        scaler_state = self._updater.grad_scaler_state() if isinstance(self._updater, Updater) else None
-        extra = {"grad_scaler": scaler_state} if scaler_state is not None else None
-        checkpoints.save_model(self.model_filename, self.epoch, self._model, self._train_step, extra=extra)
+        """Writes the current epoch's model file (rank 0 of several; in the background unless configured not to)."""
+        if self._ranks.is_main:
+            scaler_state = self._updater.grad_scaler_state() if isinstance(self._updater, Updater) else None
+            extra = {"grad_scaler": scaler_state} if scaler_state is not None else None
+            self._store.submit_model(self.model_filename, self.epoch, self._model, self._train_step, extra)
 
     def _save_optimizer(self) -> None:
         """Writes the current epoch's optimizer state (a custom engine with several updaters overrides this)."""
         if self._ranks.is_main:
-            self._updater.save_optimizer(checkpoints.optimizer_path(self.model_filename, self.epoch))
+            self._store.submit_optimizer(self._updater, checkpoints.optimizer_path(self.model_filename, self.epoch))
 
     def _save_learning_rates(self) -> None:
-        if self._ranks.is_main:
-            self.learning_rate_control.save()
+        """The learning_rates file with the scores known now, written after the files submitted before."""
+        save = self.learning_rate_control.save_later() if self._ranks.is_main else None
+        if save is not None:
+            self._store.submit(self.learning_rate_control.filename, save)
 
     def _cleanup(self) -> None:
         """Deletes what the stored epochs make unneeded: optimizer states but the two newest (enough to resume if one
@@ -538,11 +586,10 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         so a restart repeats it where a run stopped in the middle."""
         if not self.model_filename or not self._ranks.is_main:
             return
-        checkpoints.remove_old_optimizer_states(self.model_filename, keep_newest=2)
         options = self.config.bool_or_other("cleanup_old_models", None)
-        if options:
-            scores = {e: d.error for e, d in self.learning_rate_control.epoch_data.items()}
-            checkpoints.cleanup_old_models(self.model_filename, options, scores)
+        scores = {e: dict(d.error) for e, d in self.learning_rate_control.epoch_data.items()}  # as of now
+        cleanup = functools.partial(checkpoints.remove_unneeded, self.model_filename, options, scores)
+        self._store.submit(f"the cleanup of old epochs of {self.model_filename}", cleanup)
 
 
 def _takes_step_idx(method: Callable) -> bool:

@@ -6,9 +6,11 @@ Sisyphus jobs; its names stay importable from here.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from ..atomic_file import write_text_atomic
 from ..config import Config
 from ..errors import ConfigError
 from ..file_formats import EpochData as EpochData
@@ -208,6 +210,14 @@ class LearningRateControl:
         """Writes the learning_rates file atomically (a crash leaves the previous complete file)."""
         if self.filename:
             write_learning_rate_file(self.filename, self.epoch_data)
+
+    def save_later(self) -> Optional[Callable[[], None]]:
+        """The write of the file with its content as of now, to run later (in the engine's background store); None
+        without a file."""
+        if not self.filename:
+            return None
+        filename, text = self.filename, self.to_text()
+        return functools.partial(write_text_atomic, filename, text)
 
 
 def _apply_update(learning_rate: float, update: Update) -> float:

@@ -12,6 +12,10 @@ stopped anywhere in that sequence leaves either the previous complete epoch or t
 - a complete epoch without its evaluation: evaluated at the next start, before the next learning rate is decided
   (the engine asks :func:`datasets_missing_eval`).
 
+The files are written in this order also where a writer thread writes them (``store_checkpoints_in_background``,
+engine/background_store.py): its jobs run one after another in the order submitted, and after a failed write none
+runs, so the learning_rates entry is never written without the checkpoint before it.
+
 Training creates the learning_rates file before it stores its first epoch. Without a learning_rates file (none
 configured, or checkpoints copied without theirs) the model file is the last one written and marks the epoch.
 """

@@ -17,7 +17,7 @@ import torch
 from ..config import Config
 from ..errors import ConfigError
 from ..log import log
-from .checkpoints import load_file, save_torch_atomic
+from .checkpoints import cpu_snapshot, load_file, save_torch_atomic
 from .lr_schedule import StepSchedule, step_schedule_from_config
 
 UpdaterConfig = Union[Config, Dict[str, Any]]
@@ -384,8 +384,13 @@ class Updater:
         self.optimizer.load_state_dict(load_file(filename, map_location=self._device))
 
     def save_optimizer(self, filename: str) -> None:
-        """Writes the optimizer state atomically."""
+        """Writes the optimizer state atomically (now, on the caller's thread; custom engines call this)."""
         save_torch_atomic(self.optimizer.state_dict(), filename)
+
+    def optimizer_state_snapshot(self) -> Dict[str, Any]:
+        """The optimizer state as :meth:`save_optimizer` writes it, deep-copied to CPU: the engine writes it in the
+        background while the next steps change the live state."""
+        return cpu_snapshot(self.optimizer.state_dict())
 
     def param_groups(self) -> List[Dict[str, Any]]:
         """The optimizer's parameter groups."""

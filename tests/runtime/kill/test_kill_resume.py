@@ -4,6 +4,13 @@ and restarted until it is done ends bit-identical to the uninterrupted run: mode
 The training is deterministic on the CPU: newbob on the dev score (its decisions need the evaluation of the stored
 epoch), gradient accumulation 2, norm clipping and dropout. Every run is a process of its own (forked from a process
 that imported torch once, to keep the test fast) with one thread, as a restarted cluster job is.
+
+Every test runs with epochs stored in the background (the default: a writer thread writes the files while the main
+thread trains on) and synchronously (``store_checkpoints_in_background = False``). After start-up only the writer
+makes file events, one job after another, so the events have the same indices in both modes (a test checks that):
+a kill point means the same disk state in both. In the background mode a SIGTERM / SIGINT sent at a file event comes
+from the writer thread and meets the main thread wherever it is (training the next epoch, evaluating, waiting for
+the writes), which is what a stop during a background write looks like.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +56,7 @@ newbob_relative_error_threshold = -0.5  # decays after every epoch with a dev sc
 accum_grad_multiple_step = 2
 gradient_clip_norm = 1.0
 cleanup_old_models = {{"keep_last_n": 2, "keep_best_n": 1}}
+store_checkpoints_in_background = {{background}}
 
 
 class Model(nn.Module):
@@ -112,9 +121,12 @@ def _close_servers():
     _servers.clear()
 
 
-def _setup(folder: Path) -> Path:
+MODES = {"background": True, "synchronous": False}
+
+
+def _setup(folder: Path, mode: str) -> Path:
     folder.mkdir(parents=True)
-    (folder / "returnn.config").write_text(textwrap.dedent(CONFIG).lstrip())
+    (folder / "returnn.config").write_text(textwrap.dedent(CONFIG).lstrip().replace("{background}", str(MODES[mode])))
     return folder
 
 
@@ -156,16 +168,27 @@ def _assert_equal_nested(a, b, where: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run, its file events, the kill points, and how long it ran.
+def references(tmp_path_factory):
+    """The uninterrupted run of each mode: its folder and how long it ran."""
+    runs = {}
+    for mode in MODES:
+        folder = _setup(tmp_path_factory.mktemp("kill") / f"reference-{mode}", mode)
+        status, seconds = _server().run(folder, record=str(folder / "events.json"))
+        assert status == 0, (folder / "stderr.txt").read_text()[-2000:]
+        runs[mode] = folder, seconds
+    return runs
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def reference(request, references):
+    """The mode, the uninterrupted run's result, its file events, the kill points, and how long it ran.
 
     Kill points: every state that storing, evaluating and cleaning up epochs 2 and 3 passes through on disk, i.e.
     after each temp file is created, after it is synced (complete but not renamed), after each rename and after
     each removal.
     """
-    folder = _setup(tmp_path_factory.mktemp("kill") / "reference")
-    status, seconds = _server().run(folder, record=str(folder / "events.json"))
-    assert status == 0, (folder / "stderr.txt").read_text()[-2000:]
+    mode = request.param
+    folder, seconds = references[mode]
     events: List[str] = json.loads((folder / "events.json").read_text())
     first = next(i for i, e in enumerate(events) if "model.002.opt.pt" in e)
     end = next(i for i, e in enumerate(events) if "model.004.opt.pt" in e)
@@ -175,12 +198,21 @@ def reference(tmp_path_factory):
         if events[i].startswith("after ")
         and (".tmp-" in events[i] or events[i].startswith(("after replace", "after remove")))
     ]
-    return _result(folder), events, points, seconds
+    return mode, _result(folder), events, points, seconds
 
 
-def _trial(base: Path, name: str, signame: str, index: int) -> Tuple[int, str, Tuple]:
+def test_file_events_are_the_same_in_both_modes(references):
+    """The kill points index the same file events whether the writer thread or the main thread writes."""
+    events = {}
+    for mode, (folder, _) in references.items():  # temp file names differ by their random part only
+        events[mode] = [re.sub(r"\.tmp-\w+", ".tmp-*", e) for e in json.loads((folder / "events.json").read_text())]
+    assert events["background"] == events["synchronous"]
+    _assert_same(_result(references["background"][0]), _result(references["synchronous"][0]), "background")
+
+
+def _trial(base: Path, name: str, signame: str, index: int, mode: str) -> Tuple[int, str, Tuple]:
     """Stops a run at file event `index` with `signame`, runs it again until done: (status, stderr, result)."""
-    folder = _setup(base / name)
+    folder = _setup(base / name, mode)
     status, _ = _server().run(folder, signal=signame, index=index)
     stderr = (folder / "stderr.txt").read_text()
     _run_to_the_end(folder)
@@ -188,11 +220,11 @@ def _trial(base: Path, name: str, signame: str, index: int) -> Tuple[int, str, T
 
 
 def test_sigkill_at_every_file_event_of_two_epochs(reference, tmp_path):
-    result, events, points, _ = reference
+    mode, result, events, points, _ = reference
     # per epoch: optimizer, model, learning_rates (train scores), learning_rates (dev scores); and removals
     assert len(points) >= 24 and any("remove" in events[i] for i in points), [events[i] for i in points]
     with ThreadPoolExecutor(2) as pool:
-        trials = {i: pool.submit(_trial, tmp_path, f"kill{i}", "SIGKILL", i) for i in points}
+        trials = {i: pool.submit(_trial, tmp_path, f"kill{i}", "SIGKILL", i, mode) for i in points}
     for i, trial in trials.items():
         status, stderr, finished = trial.result()
         assert status == -signal.SIGKILL, (events[i], stderr[-2000:])
@@ -201,9 +233,9 @@ def test_sigkill_at_every_file_event_of_two_epochs(reference, tmp_path):
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_sigterm_and_sigint_at_file_events_stop_cleanly_and_resume(reference, tmp_path, signame):
-    result, events, points, _ = reference
+    mode, result, events, points, _ = reference
     with ThreadPoolExecutor(2) as pool:
-        trials = {i: pool.submit(_trial, tmp_path, f"{signame}{i}", signame, i) for i in points}
+        trials = {i: pool.submit(_trial, tmp_path, f"{signame}{i}", signame, i, mode) for i in points}
     for i, trial in trials.items():
         status, stderr, finished = trial.result()
         assert status == 128 + getattr(signal, signame), (events[i], stderr[-2000:])
@@ -212,12 +244,12 @@ def test_sigterm_and_sigint_at_file_events_stop_cleanly_and_resume(reference, tm
 
 
 def test_sigkill_at_random_moments(reference, tmp_path):
-    result, _, _, seconds = reference
+    mode, result, _, _, seconds = reference
     rng = random.Random(7)
     moments = sorted(rng.uniform(0.3 * seconds, seconds) for _ in range(10))  # start-up takes a good part
 
     def trial(k: int, delay: float):
-        folder = _setup(tmp_path / f"random{k}")
+        folder = _setup(tmp_path / f"random{k}", mode)
         status, _ = _server().run(folder, kill_after=delay)
         assert status in (0, -signal.SIGKILL)
         _run_to_the_end(folder)
@@ -230,8 +262,8 @@ def test_sigkill_at_random_moments(reference, tmp_path):
 
 
 def test_full_disk_while_storing_stops_naming_the_file_and_resumes(reference, tmp_path):
-    result = reference[0]
-    folder = _setup(tmp_path / "full")
+    mode, result = reference[:2]
+    folder = _setup(tmp_path / "full", mode)
     # room for the learning_rates file, not for a checkpoint: the first epoch cannot be stored
     status, _ = _server().run(folder, file_size_limit=2000)
     stderr = (folder / "stderr.txt").read_text()
