@@ -92,6 +92,43 @@ def test_collate_pads_and_reports_sizes():
     assert batch["seq_tag"] == ["a", "b"] and batch["seq_idx"] == [0, 1]
 
 
+def test_collate_copies_every_kind_of_source_array():
+    """Read-only, byte-swapped, strided and padded-on-two-axes sources give the same batch as a plain copy."""
+    rng = np.random.RandomState(3)
+    read_only = rng.standard_normal((4, 3)).astype("float32")
+    read_only.flags.writeable = False
+    swapped = rng.standard_normal((2, 3)).astype(">f4")
+    strided = rng.standard_normal((5, 6)).astype("float32")[:, ::2]
+    images = [rng.standard_normal((2, 3, 4)).astype("float32"), rng.standard_normal((3, 1, 2)).astype("float32")]
+    batch = collate_batch([{"data": read_only, "img": images[0]}, {"data": swapped, "img": images[1]}])
+    batch2 = collate_batch([{"data": strided, "img": images[0]}, {"data": swapped, "img": images[1]}])
+    expected = np.zeros((2, 4, 3), "float32")
+    expected[0], expected[1, :2] = read_only, swapped
+    np.testing.assert_array_equal(batch["data"].numpy(), expected)
+    np.testing.assert_array_equal(batch2["data"].numpy()[0], strided)
+    np.testing.assert_array_equal(batch2["data"].numpy()[1, 2:], 0)
+    np.testing.assert_array_equal(batch2["data"].numpy()[1, :2], swapped)
+    img = np.zeros((2, 3, 3, 4), "float32")
+    img[0, :2, :3, :4], img[1, :3, :1, :2] = images
+    np.testing.assert_array_equal(batch["img"].numpy(), img)
+    assert [batch[f"img:size{i}"].tolist() for i in range(4)] == [2, [2, 3], [3, 1], [4, 2]]
+    assert batch["data:size0"].dim() == 0 and batch["data:size1"].dtype == torch.int64
+    assert list(batch) == ["data", "data:size1", "data:size2", "data:size0", "img"] + [
+        f"img:size{i}" for i in (1, 2, 3, 0)
+    ]
+
+
+@pytest.mark.parametrize("shapes", [[(1000, 80), (10, 80), (700, 80)], [(3, 40000), (1, 40000)]])
+def test_collate_copies_long_sequences_and_large_frames(shapes):
+    """Sequences beyond one serial copy are copied in pieces; frames too large for a piece are copied whole."""
+    rng = np.random.RandomState(4)
+    arrays = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    batch = collate_batch([{"data": a} for a in arrays])
+    for row, array in zip(batch["data"].numpy(), arrays):
+        np.testing.assert_array_equal(row[: len(array)], array)
+        np.testing.assert_array_equal(row[len(array) :], 0)
+
+
 def _all_batches(dataset, workers, epoch=1, worker_type="thread"):
     options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=workers, worker_type=worker_type)
     return [(b["seq_tag"], b["data"].sum().item()) for b in EpochBatches(dataset, epoch, options)]
