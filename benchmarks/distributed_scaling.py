@@ -7,7 +7,8 @@ of 200..1500 frames, 80 features, random labels); epoch 2 is timed (epoch 1 incl
 batches per second over all GPUs (each rank takes 1/N of the epoch's batches; training drops the remainder of fewer
 than N batches), the ratio against 1 GPU measured in the same invocation.
 
-    python benchmarks/distributed_scaling.py [--gpus 1 2 4] [--seqs 3000] [--layers 8]
+    python benchmarks/distributed_scaling.py [--gpus 1 2 4] [--seqs 3000] [--layers 8] [--plain]
+    python benchmarks/distributed_scaling.py --gpus 1 --single-without-torchrun --timeline   # where a whole run goes
 """
 
 from __future__ import annotations
@@ -210,13 +211,24 @@ def run(gpus: int, folder: str, args: argparse.Namespace, plain: bool = False) -
         cmd = [sys.executable]  # as a user starts a one-GPU training: python -m i6_minireturnn CONFIG
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
     target = [os.path.abspath(__file__), "--plain-worker", config] if plain else ["-m", "i6_minireturnn", config]
-    proc = subprocess.run(cmd + target, cwd=folder, env=env, capture_output=True, text=True)
+    lines = []
+    with open(os.path.join(folder, "stderr"), "w+") as stderr:
+        # stdout read line by line: with --timeline each line is shown with the seconds since the process started
+        proc = subprocess.Popen(cmd + target, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        for line in proc.stdout:
+            lines.append(line)
+            if args.timeline and not plain and not line.startswith((" ", ")")):
+                print(f"  {time.perf_counter() - started:6.2f}s  {line.rstrip()[:140]}")
+        proc.wait()
+        stderr.seek(0)
+        errors = stderr.read()
+    stdout = "".join(lines)
     if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-5000:])
+        print(stdout[-3000:], errors[-5000:])
         raise SystemExit(f"{gpus} GPU run failed")
-    summaries = re.findall(r"epoch (\d+): trained (\d+) steps in ([\d.]+)s.*?computing (\d+)%", proc.stdout)
+    summaries = re.findall(r"epoch (\d+): trained (\d+) steps in ([\d.]+)s.*?computing (\d+)%", stdout)
     epoch2 = [s for s in summaries if s[0] == "2"][0]
-    params = re.search(r"Total number of parameters: (\d+)", proc.stdout)
+    params = re.search(r"Total number of parameters: (\d+)", stdout)
     if params:
         print(f"model: {int(params.group(1)) / 1e6:.1f}M parameters")
     return {
@@ -235,6 +247,9 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="config lines added to the runtime's config")
     parser.add_argument("--plain", action="store_true", help="also time a hand-written DDP loop (reference)")
     parser.add_argument("--plain-worker", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--timeline", action="store_true", help="show the runtime's log lines with the seconds since its start"
+    )
     parser.add_argument(
         "--single-without-torchrun",
         action="store_true",
@@ -267,6 +282,11 @@ def main() -> None:
             for gpus in gpus_list:
                 ratio = results["runtime", gpus]["rate"] / results["plain DDP loop", gpus]["rate"]
                 print(f"runtime / plain DDP loop throughput, {gpus} GPU(s): {ratio:.3f}")
+                ours, theirs = results["runtime", gpus]["total"], results["plain DDP loop", gpus]["total"]
+                print(
+                    f"whole run, {gpus} GPU(s): runtime {ours:.1f}s, plain DDP loop {theirs:.1f}s "
+                    f"(plain / runtime {theirs / ours:.2f})"
+                )
 
 
 if __name__ == "__main__":
