@@ -42,6 +42,7 @@ PROVIDED: Dict[str, str] = {
     ),
     "returnn.util": "NumbersDict",
     "returnn.util.basic": "cf, NumbersDict, NotSpecified, hms, human_size, model_epoch_from_filename, ...",
+    "returnn.util.math": "PiecewiseLinear",
     "returnn.datasets.basic": "Dataset, init_dataset, get_dataset_class",
     "returnn.datasets.lm": "LmDataset, TranslationDataset",
     "returnn.datasets.audio": "OggZipDataset",

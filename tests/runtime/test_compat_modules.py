@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import stat
 import sys
 import textwrap
 
 import pytest
+import torch
 
 from i6_minireturnn import cache_manager
 
@@ -179,3 +181,79 @@ def test_config_prolog_cf_lambda_as_lm_corpus_file(tmp_path, run_cli, monkeypatc
     code, _, err = run_cli(config, "++num_epochs", "1")
     assert code == 0, err
     assert _seen(tmp_path) == {"data": [2, 3, 0], "delayed": [0, 2, 3], "cf": "corpus.txt"}
+
+
+# i6 setups' piecewise-linear learning rate: a dynamic_learning_rate function in the config that builds a
+# returnn.util.math.PiecewiseLinear from float_list keys once (cached in the config) and scales the epoch's rate.
+PIECEWISE_CONFIG = """
+#!rnn.py
+import torch
+
+task = "train"
+device = "cpu"
+train = {"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 6, "seq_len": 3}
+batch_size = 100
+max_seqs = 1
+num_epochs = 2
+model = "out/model"
+learning_rate_file = "out/learning_rates"
+optimizer = {"class": "sgd"}
+learning_rate = 2.0
+learning_rate_piecewise_steps = [4, 8]
+learning_rate_piecewise_values = [0.0, 1.0, 0.5]
+
+
+def dynamic_learning_rate(*, global_train_step, learning_rate, **_kwargs):
+    from returnn.config import get_global_config
+    from returnn.util.math import PiecewiseLinear
+
+    config = get_global_config()
+    curve = config.typed_dict.get("_learning_rate_piecewise_cache")
+    if curve is None:
+        steps = config.float_list("learning_rate_piecewise_steps")
+        values = config.float_list("learning_rate_piecewise_values")
+        curve = PiecewiseLinear(dict(zip([0] + list(steps), values)))
+        config.typed_dict["_learning_rate_piecewise_cache"] = curve
+    return curve(global_train_step + 1) * learning_rate
+
+
+def get_model(epoch, step, **kwargs):
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    return model
+
+
+def train_step(*, model, data, run_ctx, **kwargs):
+    run_ctx.mark_as_loss(model.weight.sum(), "w")  # gradient 1: each step moves the weight by minus its rate
+"""
+
+
+def test_piecewise_linear_schedule_of_i6_setups_sets_every_steps_rate(tmp_path, run_cli):
+    (tmp_path / "returnn.config").write_text(PIECEWISE_CONFIG)
+    code, _, err = run_cli(tmp_path / "returnn.config")
+    assert code == 0, err
+
+    def rate(step):  # the curve through (0, 0), (4, 1), (8, 0.5), flat after, times learning_rate
+        x = step + 1
+        return 2.0 * (x / 4 if x <= 4 else 1.0 - 0.5 * (x - 4) / 4 if x <= 8 else 0.5)
+
+    for epoch, steps in ((1, range(6)), (2, range(12))):
+        weight = torch.load(tmp_path / f"out/model.00{epoch}.pt", weights_only=False)["model"]["weight"]
+        assert float(weight) == pytest.approx(-sum(rate(s) for s in steps), rel=1e-6)
+
+
+def test_piecewise_linear_directly():
+    from i6_minireturnn.compat.returnn.util.math import PiecewiseLinear
+
+    curve = PiecewiseLinear({10: 1.0, 0: 0.0, 20: 0.5})
+    assert [curve(x) for x in (-5, 0, 5, 10, 15, 20, 99)] == [0.0, 0.0, 0.5, 1.0, 0.75, 0.5, 0.5]
+    assert repr(curve) == "PiecewiseLinear({0: 0.0, 10: 1.0, 20: 0.5})"
+    assert pickle.loads(pickle.dumps(curve))(12) == pytest.approx(0.9)
+    by_name = PiecewiseLinear({0: 1, 4: 3}, kw_name="epoch", ignore_other_kwargs=True)
+    assert by_name(epoch=2, global_train_step=7) == 2.0
+    with pytest.raises(TypeError, match="keyword argument 'epoch'"):
+        by_name(2)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        curve(3, step=1)
+    with pytest.raises(ValueError, match="non-empty dict"):
+        PiecewiseLinear({})
