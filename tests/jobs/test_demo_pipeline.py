@@ -203,11 +203,22 @@ def test_a_failing_job_is_visible_in_the_job_folder_and_the_manager_log(tmp_path
     assert not (folder / "output" / "broken" / "learning_rates").exists()
 
 
+def _has_epoch_entry(learning_rates: Path, epoch: int) -> bool:
+    """Whether the learning_rates file marks `epoch` as stored (its entry is written after the epoch's files)."""
+    from i6_minireturnn.file_formats import read_learning_rate_file
+
+    try:
+        return epoch in read_learning_rate_file(str(learning_rates))
+    except OSError:  # not written yet (it is replaced atomically: never seen half-written)
+        return False
+
+
 def test_killed_training_resumes_and_finishes(tmp_path, monkeypatch):
     from i6_core.returnn.config import ReturnnConfig
     from sisyphus import global_settings
 
     from jobs import MiniReturnnTrainingJob
+    from jobs.launch import LEARNING_RATE_FILE
 
     monkeypatch.setattr(global_settings, "WORK_DIR", str(tmp_path / "work"))
     monkeypatch.chdir(tmp_path)
@@ -233,10 +244,11 @@ def test_killed_training_resumes_and_finishes(tmp_path, monkeypatch):
     job.create_files()
     process = subprocess.Popen([str(base / "work" / "rnn.sh")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = base / "output" / "models" / "epoch.001.pt"
+    learning_rates = base / "work" / LEARNING_RATE_FILE  # the run's own file (linked into output/ at the end)
     deadline = time.time() + 120
-    while not first.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)  # preempted in the middle of epoch 2
+    while not _has_epoch_entry(learning_rates, 1) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # preempted in the middle of epoch 2, after epoch 1 was stored whole
     process.wait()
     assert first.exists() and not (base / "output" / "models" / "epoch.004.pt").exists()
     job.run()  # Sisyphus restarts the run task: it continues and finishes
