@@ -36,15 +36,14 @@ def add_note(exc: BaseException, note: str) -> None:
 
 
 class BackgroundStore:
-    """A FIFO of write jobs run by one daemon thread (started on the first job)."""
+    """A FIFO of write jobs run by one daemon thread (started by a submit, ending when the queue is empty)."""
 
     def __init__(self, *, in_background: bool = True):
         self.in_background = in_background
         self._cond = threading.Condition()
         self._jobs: Deque[Tuple[str, Job]] = collections.deque()
         self._busy = False  # a job popped from the queue is running
-        self._thread: Optional[threading.Thread] = None
-        self._closing = False
+        self._thread: Optional[threading.Thread] = None  # runs while there are jobs, then ends
         self._failure: Optional[BaseException] = None
         self._failure_reported = False
 
@@ -69,6 +68,9 @@ class BackgroundStore:
             self._cond.notify_all()
             while self._jobs or self._busy:
                 self._cond.wait()
+            writer = self._thread
+        if writer is not None:  # ends now that the queue is empty: no thread of ours is left for a fork to copy
+            writer.join()
         self._raise_failure(again=False)
 
     def submit_model(
@@ -108,18 +110,11 @@ class BackgroundStore:
             print(f"ERROR: {type(write_error).__name__}: {write_error}", file=log.v1)
             add_note(error, f"Storing files failed as well: {type(write_error).__name__}: {write_error}")
 
-    def close(self) -> None:
-        """Flushes, then ends the thread."""
-        try:
+    def before_fork(self, options: Any) -> None:
+        """Waits for the writes where the pipeline `options` start worker processes by forking: a child must not
+        inherit locks the writer thread holds (the log's stream, the allocator's) mid-write."""
+        if options.num_workers > 0 and options.worker_type == "process":
             self.flush()
-        finally:
-            with self._cond:
-                self._closing = True
-                self._cond.notify_all()
-            if self._thread is not None:
-                self._thread.join()
-                self._thread = None
-            self._closing = False  # a later submit starts a new thread
 
     def _raise_failure(self, *, again: bool) -> None:
         """Raises the failure of a job: always where new work would depend on it (`again`), else only the first time
@@ -134,9 +129,9 @@ class BackgroundStore:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._jobs and not self._closing:
-                    self._cond.wait()
                 if not self._jobs:
+                    self._thread = None  # the next submit starts a new writer
+                    self._cond.notify_all()
                     return
                 description, job = self._jobs.popleft()
                 if self._failure is not None:  # submitted while the failing job ran: never written

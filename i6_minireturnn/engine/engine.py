@@ -101,13 +101,12 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self._run_train_step_takes_step_idx = _takes_step_idx(self.run_train_step)
 
     def close(self, *, completed: bool = False) -> None:
-        """Releases what the run holds beyond its objects (the model prefix lock, the process group); `completed`:
-        the task ended without an error (then the ranks leave the process group together). Files still being
-        written are finished first; a failed write not reported yet is raised."""
+        """Finishes the files being written, then releases the model prefix lock and the process group; `completed`:
+        the task ended without an error (then the ranks leave the process group together)."""
         try:
             if self._first_batches is not None:  # unused (nothing to train, an error)
                 self._first_batches.close()
-            self._store.close()
+            self._store.flush()  # raises a failed write not reported yet
         finally:
             if self._run_lock is not None:
                 self._run_lock.release()
@@ -354,6 +353,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         """One epoch: steps over the training data, then save, evaluate and clean up."""
         print(f"start epoch {self.epoch} with learning rate {self.learning_rate} ...", file=log.v3)
         first, self._first_batches = self._first_batches, None  # started early where they are this epoch's
+        self._store.before_fork(self._data_options("train"))
         batches = take_batches(first, self.train_dataset, self.epoch, self._data_options("train"))
         self._steps_in_epoch = batches.num_batches
         skip_nonfinite = any(getattr(updater, "skip_nonfinite", False) for updater in self._updaters())
@@ -498,6 +498,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             run_ctx = init_train_step_run_ctx(
                 device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
             )
+            self._store.before_fork(self._data_options("eval"))
             batches = EpochBatches(dataset, self.epoch, self._data_options("eval"))
             tracker = LossTracker(self._device, keep_step_values=log.verbose[5])
             report = self._loop_report(f"eval {name}", batches)

@@ -116,8 +116,28 @@ def test_jobs_run_in_order_and_a_failure_stops_the_queue():
     store.flush()  # raised once; on the way out of that error a flush must not raise it again
     with pytest.raises(DiskFullError):  # new work never runs after a failure
         store.submit("out/learning_rates", lambda: done.append("late"))
-    store.close()
     assert done == [1, 2]
+    assert not _writer_threads()  # ends with its queue
+
+
+def _writer_threads():
+    return [t for t in threading.enumerate() if t.name == "background-store"]
+
+
+_THREADS_AT_FORK = []  # names of this process's threads each time it forks (a hook cannot be removed again)
+os.register_at_fork(before=lambda: _THREADS_AT_FORK.append([t.name for t in threading.enumerate()]))
+
+
+def test_no_writer_thread_when_worker_processes_are_forked(tmp_path, run_cli, monkeypatch):
+    """Worker processes start by fork: a writer thread in the middle of a write would leave its locks held in the
+    child, so the engine finishes the writes before train and eval batches come from forked workers."""
+    extra = TRAINING.replace("num_workers_per_gpu = 2", 'num_workers_per_gpu = 1\ndata_worker_type = "process"')
+    config = write_config(tmp_path, extra)
+    _THREADS_AT_FORK.clear()
+    code, out, err = _run_in(tmp_path, run_cli, monkeypatch, config)
+    assert code == 0, err
+    assert len(_THREADS_AT_FORK) >= 6  # train and dev of 3 epochs
+    assert not [names for names in _THREADS_AT_FORK if "background-store" in names]
 
 
 def test_snapshot_is_a_copy_also_on_cpu():
