@@ -153,14 +153,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.learning_rates))
     outputs = [os.path.join(out_dir, f"{name}.{args.format}") for name in (SCORES_PLOT, LEARNING_RATE_PLOT)]
     try:
+        # first what a user picks a checkpoint by (forward with ++load_epoch N): it needs no matplotlib
+        best = best_epoch(read_learning_rate_file(args.learning_rates), args.key)
+        if best is not None:
+            print(f"Best epoch by {best[0]}: {best[1]} ({best[2]:.6g})")
         write_plots(args.learning_rates, outputs[0], outputs[1], title=args.title, key=args.key)
     except (UserError, OSError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     print(f"Wrote {outputs[0]} and {outputs[1]}")
-    best = best_epoch(read_learning_rate_file(args.learning_rates), args.key)
-    if best is not None:  # what a user picks a checkpoint by (forward with ++load_epoch N)
-        print(f"Best epoch by {best[0]}: {best[1]} ({best[2]:.6g})")
     return 0
 
 
