@@ -231,10 +231,15 @@ def main() -> None:
     print(f"plain loop (in-memory batches): {frames / plain / 1e6:.3f} M frames/s, median epoch {plain:.3f} s")
     for setting, times in engine_times.items():
         median = statistics.median(times)
+        # each repeat's engine epoch against the plain epoch of the same repeat: robust to a machine whose speed
+        # drifts during the run (seen on shared GPU machines: the same loop 25% faster at the end than at the start)
+        paired = statistics.median(p / t for p, t in zip(plain_times, times))
         print(
             f"engine, workers {setting:9s}: {frames / median / 1e6:.3f} M frames/s, median epoch {median:.3f} s, "
-            f"engine / plain = {plain / median:.3f} (epochs {', '.join(f'{t:.3f}' for t in times)})"
+            f"engine / plain = {plain / median:.3f}, median of paired ratios {paired:.3f} "
+            f"(epochs {', '.join(f'{t:.3f}' for t in times)})"
         )
+    print(f"plain loop epochs: {', '.join(f'{t:.3f}' for t in plain_times)}")
     if args.profile:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if args.device.startswith("cuda"):
