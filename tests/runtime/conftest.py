@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Tuple
 
 import pytest
+import torch
 
 from i6_minireturnn.__main__ import main
 
@@ -69,3 +70,20 @@ def run_cli(tmp_path, monkeypatch, capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+def assert_equal_nested(a, b, where: str) -> None:
+    """Stored states (nested dicts / lists of tensors and values) are equal: same keys, dtypes, shapes and values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), where
+        for key in a:
+            assert_equal_nested(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_nested(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

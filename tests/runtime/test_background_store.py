@@ -20,7 +20,7 @@ from i6_minireturnn.engine.background_store import BackgroundStore
 from i6_minireturnn.engine.engine import Engine
 from i6_minireturnn.errors import DiskFullError
 
-from .conftest import write_config
+from .conftest import assert_equal_nested, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,29 +65,13 @@ def _stored(folder: Path):
     return files, (out / "learning_rates").read_text()
 
 
-def _assert_equal_nested(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), where
-        for key in a:
-            _assert_equal_nested(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_equal_nested(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def _assert_same_files(folder: Path, reference: Path) -> None:
     files, lr_text = _stored(folder)
     ref_files, ref_lr_text = _stored(reference)
     assert lr_text == ref_lr_text
     assert sorted(files) == sorted(ref_files)
     for name, content in files.items():
-        _assert_equal_nested(content, ref_files[name], name)
+        assert_equal_nested(content, ref_files[name], name)
 
 
 # ---- the queue itself ----------------------------------------------------------------------------------------------

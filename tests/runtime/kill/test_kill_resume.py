@@ -31,6 +31,8 @@ from typing import Dict, List, Tuple
 import pytest
 import torch
 
+from ..conftest import assert_equal_nested
+
 HARNESS = Path(__file__).with_name("stop_at_file_event.py")
 REPO = Path(__file__).resolve().parents[3]
 NUM_EPOCHS = 4
@@ -149,22 +151,7 @@ def _assert_same(result, reference, what: str) -> None:
     assert lr_text == ref_lr_text, f"{what}: learning_rates differ"
     assert sorted(states) == sorted(ref_states), f"{what}: stored files {sorted(states)} != {sorted(ref_states)}"
     for name, state in states.items():
-        _assert_equal_nested(state, ref_states[name], f"{what}: {name}")
-
-
-def _assert_equal_nested(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), where
-        for key in a:
-            _assert_equal_nested(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_equal_nested(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
+        assert_equal_nested(state, ref_states[name], f"{what}: {name}")
 
 
 @pytest.fixture(scope="module")
