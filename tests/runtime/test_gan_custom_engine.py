@@ -19,7 +19,7 @@ from i6_minireturnn.engine.engine import Engine
 from i6_minireturnn.engine.learning_rate_control import read_learning_rate_file
 from i6_minireturnn.engine.updater import Updater
 
-from .conftest import write_config
+from .conftest import assert_equal_nested, write_config
 
 GAN_CONFIG = """
 #!rnn.py
@@ -166,21 +166,6 @@ def _final_state(out: Path, epoch: int) -> Dict[str, object]:
     }
 
 
-def _assert_identical(a: object, b: object, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), where
-        for key in a:
-            _assert_identical(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}/{i}")
-    else:
-        assert a == b, where
-
-
 def _drop_dev_scores(filename: Path, epoch: int) -> None:
     scores = read_learning_rate_file(str(filename))
     scores[epoch].error = {k: v for k, v in scores[epoch].error.items() if not k.startswith("dev_")}
@@ -227,7 +212,7 @@ def test_gan_custom_engine_resumes_bit_identical(tmp_path, run_cli, monkeypatch)
     assert "start epoch 3" in out and "start epoch 2" not in out
 
     assert _epoch_model(whole) == ((3, str(whole / "out/model.003")), 3)
-    _assert_identical(_final_state(whole / "out", 3), _final_state(parts / "out", 3))
+    assert_equal_nested(_final_state(whole / "out", 3), _final_state(parts / "out", 3), "final state")
     state = _final_state(whole / "out", 3)
     assert state["checkpoint"]["epoch"] == 3 and state["checkpoint"]["step"] == 9  # 12 seqs, 4 per batch, 3 epochs
     lr_gen = state["opt_gen"]["param_groups"][0]["lr"]
@@ -243,7 +228,7 @@ def test_gan_custom_engine_resumes_bit_identical(tmp_path, run_cli, monkeypatch)
     scores_whole = read_learning_rate_file(str(whole / "out/learning_rates"))
     for data in (scores[2], scores_whole[2]):
         data.error = {k: v for k, v in data.error.items() if not k.startswith("dev_")}
-    _assert_identical(scores, scores_whole)
+    assert_equal_nested(scores, scores_whole, "scores")
 
 
 def test_get_epoch_model_without_stored_epochs(tmp_path):
@@ -300,7 +285,7 @@ def test_updater_subclass_in_mini_returnn_style(tmp_path):
     fresh = _DictConfigUpdater(config=updater.config, network=net, device="cpu")
     fresh.create_optimizer()
     fresh.load_optimizer(str(tmp_path / "opt.pt"))
-    _assert_identical(fresh.get_optimizer().state_dict(), updater.get_optimizer().state_dict())
+    assert_equal_nested(fresh.get_optimizer().state_dict(), updater.get_optimizer().state_dict(), "optimizer")
 
 
 def test_returnn_torch_util_for_configs():
