@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
 import sys
 import time
 import traceback
-from typing import Optional, Sequence
+from typing import List, NoReturn, Optional, Sequence
 
 from . import __version__, compat
 from .config import Config, load_config, set_global_config, split_args
@@ -174,8 +175,29 @@ def run(argv: Sequence[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the command line; returns the exit code."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Entry point of the command line; returns the exit code. As a process's entry (`argv` None) of a run on several
+    processes it ends the process itself (:func:`_exit_without_finalization`)."""
+    code = _main(sys.argv[1:] if argv is None else list(argv))
+    # sys.modules, not an import: --help and single-process runs need not import torch.distributed for this
+    distributed = sys.modules.get(f"{__package__}.engine.distributed")
+    if argv is None and distributed is not None and distributed.joined_process_group():
+        _exit_without_finalization(code)
+    return code
+
+
+def _exit_without_finalization(code: int) -> NoReturn:
+    """Ends a process that was a rank of a process group: first the exit handlers (atexit) and the flushes, with the
+    interpreter alive, then the process, skipping the interpreter's finalization. DistributedDataParallel keeps gloo's
+    worker threads alive after ``destroy_process_group``; one that releases a tensor's last reference while the
+    interpreter finalizes needs the GIL and ends the process with SIGABRT ("terminate called without an active
+    exception") after a run that had finished."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def _main(argv: List[str]) -> int:
     if not argv:
         print(USAGE + "\n\nNo config file given; --help lists tasks, keys, tools and docs.", file=sys.stderr)
         return 2

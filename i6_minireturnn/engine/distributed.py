@@ -28,6 +28,10 @@ from ..errors import ConfigError
 from ..log import log
 
 _REDUCE_TYPES = ("grad", "param")
+
+# Whether this process joined a process group (the command line then ends the process without finalization, see
+# i6_minireturnn.__main__._exit_without_finalization).
+_joined_process_group = False
 _OPTIONS = ("reduce_type", "param_sync_step", "find_unused_parameters", "gradient_as_bucket_view", "backend", "timeout")
 
 
@@ -128,6 +132,8 @@ class Distributed:
             torch.cuda.set_device(self.local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=options.timeout))
+        global _joined_process_group
+        _joined_process_group = True
         self.backend = dist.get_backend()
         self._ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
         print(
@@ -259,6 +265,11 @@ class _ForwardThroughDDP:
             return self._ddp(*args, **kwargs)
         finally:
             self._inside = False
+
+
+def joined_process_group() -> bool:
+    """Whether this process was a rank of a process group (also after it left it)."""
+    return _joined_process_group
 
 
 def init_distributed(config: Config, device: str) -> Union[Distributed, SingleProcess]:

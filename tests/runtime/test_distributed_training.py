@@ -219,6 +219,37 @@ def test_streamed_dataset_ends_the_epoch_on_every_rank_together(tmp_path):
     assert steps and steps[0] >= 3  # 23 sequences dealt 12 / 11, 3 per batch: 4 batches each
 
 
+EXIT_HANDLER = """
+import atexit
+
+atexit.register(lambda: print(f"exit handler of rank {os.environ['RANK']} ran", flush=True))
+_train_step = train_step
+
+
+def train_step(*, model, data, run_ctx, **kwargs):
+    _train_step(model=model, data=data, run_ctx=run_ctx, **kwargs)
+    if BROKEN:
+        raise RuntimeError("broken step")
+    for _ in range(20):  # collectives nobody waits for: gloo's threads release their tensors after the barrier
+        torch.distributed.all_reduce(torch.ones(100000), async_op=True)
+"""
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_ranks_end_after_their_exit_handlers_with_the_runs_exit_code(tmp_path, broken):
+    # The ranks end themselves once the exit handlers ran: a gloo thread releasing a tensor while the interpreter
+    # finalizes took the GIL and aborted a finished run ("terminate called without an active exception", SIGABRT).
+    extra = "torch_distributed = {}\nnum_epochs = 1\n" + EXIT_HANDLER.replace("BROKEN", repr(broken))
+    code, out = _run(_write(tmp_path, extra).parent, processes=2)
+    assert "terminate called" not in out
+    assert "exit handler of rank 0 ran" in out and "exit handler of rank 1 ran" in out
+    if broken:
+        assert code != 0 and "broken step" in out
+    else:
+        assert code == 0 and "Finished in" in out, out
+        assert (tmp_path / "out/model.001.pt").exists()
+
+
 def test_several_processes_without_torch_distributed_are_refused(tmp_path):
     folder = _write(tmp_path).parent
     code, out = _run(folder, processes=2)
