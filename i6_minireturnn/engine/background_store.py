@@ -44,6 +44,7 @@ class BackgroundStore:
         self._jobs: Deque[Tuple[str, Job]] = collections.deque()
         self._busy = False  # a job popped from the queue is running
         self._thread: Optional[threading.Thread] = None  # runs while there are jobs, then ends
+        self._last_writer: Optional[threading.Thread] = None  # the latest started, also once it cleared _thread
         self._failure: Optional[BaseException] = None
         self._failure_reported = False
 
@@ -57,6 +58,7 @@ class BackgroundStore:
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="background-store", daemon=True)
+                self._last_writer = self._thread
                 self._thread.start()
             self._jobs.append((description, job))
             self._cond.notify_all()
@@ -68,7 +70,8 @@ class BackgroundStore:
             self._cond.notify_all()
             while self._jobs or self._busy:
                 self._cond.wait()
-            writer = self._thread
+            # the latest writer, also where it already cleared _thread (it may still be ending)
+            writer = self._last_writer
         if writer is not None:  # ends now that the queue is empty: no thread of ours is left for a fork to copy
             writer.join()
         self._raise_failure(again=False)

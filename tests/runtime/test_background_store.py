@@ -88,11 +88,15 @@ def test_jobs_run_in_order_and_a_failure_stops_the_queue():
     store.flush()
     assert done == [1, 2]
 
+    queued = threading.Event()
+
     def fail():
+        queued.wait(10)  # fails once the next job is queued behind it (else that submit would raise already)
         raise DiskFullError("Cannot write out/model.002.pt: the disk is full")
 
     store.submit("out/model.002.pt", fail)
     store.submit("out/learning_rates", lambda: done.append("learning_rates"))
+    queued.set()
     with pytest.raises(DiskFullError, match="model.002.pt") as caught:
         store.flush()
     assert "out/model.002.pt" in "".join(caught.value.__notes__)
