@@ -4,9 +4,9 @@ A training loop that is limited by kernel launches (a small model: steps of a fe
 torch call; a loader thread that wants the lock then takes it, and the loop waits until it is handed back (on an H100,
 8000 such hand-overs per second cost a 2-layer model 10% of its step rate). This benchmark needs no GPU: the main
 thread stands in for the training loop, calling a small torch function in a loop (each call releases the lock), while
-a loader (one worker of each ``--worker-types``) reads an epoch. A call that takes more than ``--threshold-us`` is
-counted as a hand-over; the figures are hand-overs per batch and the loop's time lost per batch, against the same loop
-without a loader in the same run (the reference: its calls that are slow for other reasons).
+the default loader (one thread) reads an epoch. A call that takes more than ``--threshold-us`` is counted as a
+hand-over; the figures are hand-overs per batch and the loop's time lost per batch, against the same loop without a
+loader in the same run (the reference: its calls that are slow for other reasons).
 
     python benchmarks/loader_handovers.py [--seqs 1500] [--batch-size 8000] [--hdf /tmp/handovers.hdf]
 """
@@ -14,7 +14,6 @@ without a loader in the same run (the reference: its calls that are slow for oth
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import sys
@@ -82,9 +81,6 @@ def main() -> None:
     parser.add_argument("--hdf", default="/tmp/loader_handovers.hdf", help="HDF file (written if missing)")
     parser.add_argument("--threshold-us", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--worker-types", nargs="+", default=["thread", "shared_memory"], help="data_worker_type values to compare"
-    )
     args = parser.parse_args()
     threshold_ns = int(args.threshold_us * 1000)
     make_file(args.hdf, args.seqs, 200, 800)
@@ -94,10 +90,9 @@ def main() -> None:
     }
     # the loader as the engine sets it up for a GPU: one thread, collating into page-locked memory where there is CUDA
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = PipelineOptions.from_config(Config({"batch_size": args.batch_size, "max_seqs": 64}), device=device)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, device {device}, threshold {args.threshold_us:.0f} us")
-    for (name, dataset), worker_type in itertools.product(datasets.items(), args.worker_types):
-        keys = {"batch_size": args.batch_size, "max_seqs": 64, "data_worker_type": worker_type}
-        options = PipelineOptions.from_config(Config(keys), device=device)
+    for name, dataset in datasets.items():
         runs = [measure(EpochBatches(dataset, 2, options), threshold_ns) for _ in range(args.repeats)]
         reference = [alone(r["seconds"], threshold_ns) for r in runs[:2]]
         per_batch = statistics.median(r["slow"] / r["batches"] for r in runs)
@@ -106,7 +101,7 @@ def main() -> None:
         ref_lost = statistics.median(r["lost"] / r["seconds"] for r in reference)
         batches_per_s = statistics.median(r["batches"] / r["seconds"] for r in runs)
         print(
-            f"{name}, {worker_type} worker: {runs[0]['batches']} batches; slow calls per batch {per_batch:.1f} "
+            f"{name}: {runs[0]['batches']} batches; slow calls per batch {per_batch:.1f} "
             f"(loop alone: {ref_rate / batches_per_s:.1f} in the same time), loop time lost per batch "
             f"{lost_ms:.3f} ms (alone: {ref_lost / batches_per_s / 1e6:.3f} ms)"
         )

@@ -324,7 +324,7 @@ RULES: Dict[str, Rule] = {
     "max_seq_length": per_data_key(integer(1, floats=False, strings=False)),
     "chunking_options": _chunking_options,
     "num_workers_per_gpu": integer(0),
-    "data_worker_type": one_of("thread", "process", "shared_memory"),
+    "data_worker_type": one_of("thread", "process"),
     # updates
     "optimizer": _optimizer,
     "weight_decay": number(0),

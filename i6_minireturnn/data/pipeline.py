@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from ..config import Config
 
 SHARD_REMAINDERS = ("drop", "keep")
-WORKER_TYPES = ("thread", "process", "shared_memory")
 
 
 @dataclass
@@ -60,11 +59,6 @@ class PipelineOptions:
                 "shard_remainder must be given with num_shards > 1: 'drop' (training) or 'keep' (evaluation)"
             )
 
-    @property
-    def forks_workers(self) -> bool:
-        """Whether an epoch's batches come from forked worker processes (threads must not hold locks then)."""
-        return self.num_workers > 0 and self.worker_type in ("process", "shared_memory")
-
     def sharded(self, shard_index: int, num_shards: int, *, remainder: str) -> PipelineOptions:
         """These options for shard `shard_index` of `num_shards` (a copy; `remainder`: "drop" or "keep")."""
         return dataclasses.replace(self, shard_index=shard_index, num_shards=num_shards, shard_remainder=remainder)
@@ -79,10 +73,8 @@ class PipelineOptions:
         limits = BatchLimits(batch_size, config.int("max_seqs", -1))
         num_workers = config.int("num_workers_per_gpu", 1)
         worker_type = config.value("data_worker_type", "thread")
-        if worker_type not in WORKER_TYPES:
-            raise ConfigError(
-                f"data_worker_type must be one of {', '.join(map(repr, WORKER_TYPES))}, got {worker_type!r}"
-            )
+        if worker_type not in ("thread", "process"):
+            raise ConfigError(f"data_worker_type must be 'thread' or 'process', got {worker_type!r}")
         length_filter = LengthFilter(config.typed_value("min_seq_length"), config.typed_value("max_seq_length"))
         chunking_options = config.typed_value("chunking_options")
         return cls(

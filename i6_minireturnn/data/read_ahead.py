@@ -23,7 +23,6 @@ from .chunking import cut
 from .collate import Batch, collate_batch
 from .dataset import Dataset
 from .epoch_plan import Item, expand_sequence, streamed_positions
-from .shared_batches import read_through_shared_memory
 
 if TYPE_CHECKING:
     from .pipeline import PipelineOptions
@@ -76,12 +75,6 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     if options.num_workers > 0 and options.worker_type == "process":
         yield from _loader_processes(_PlannedBatches(dataset, plan), min(options.num_workers, len(plan)), options)
         return
-    if options.num_workers > 0 and options.worker_type == "shared_memory":
-        # collated in ordinary memory in the worker (a forked process must not touch CUDA), pinned slots carry it
-        yield from read_through_shared_memory(
-            lambda: (load_items(dataset, items) for items in plan), prefetch=options.prefetch, pin=options.pin_memory
-        )
-        return
     pin = options.pin_memory
     if options.num_workers == 0:
         for items in plan:
@@ -105,11 +98,6 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
     """The batches of a streamed epoch (see :func:`stream_batches`); one worker reads ahead (one stream)."""
     if options.num_workers > 0 and options.worker_type == "process":
         yield from _loader_processes(_StreamedBatches(dataset, options, seed), 1, options)
-        return
-    if options.num_workers > 0 and options.worker_type == "shared_memory":
-        yield from read_through_shared_memory(
-            lambda: stream_batches(dataset, options, seed), prefetch=options.prefetch, pin=options.pin_memory
-        )
         return
     batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory)
     if options.num_workers == 0:

@@ -140,7 +140,6 @@ def test_batches_identical_for_any_worker_count():
     assert _all_batches(dataset, 1) == single
     assert _all_batches(dataset, 3) == single
     assert _all_batches(dataset, 2, worker_type="process") == single
-    assert _all_batches(dataset, 1, worker_type="shared_memory") == single
     tags = [t for batch, _ in single for t in batch]
     assert sorted(tags) == sorted(f"seq-{i}" for i in range(40))  # every sequence once
 
@@ -156,7 +155,6 @@ def test_streamed_dataset_gives_the_same_batches():
     assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 0) == planned
     assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 1) == planned
     assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 2, worker_type="process") == planned
-    assert _all_batches(_StreamOnly(num_seqs=25, seq_ordering="random"), 1, worker_type="shared_memory") == planned
 
 
 def test_stopping_early_leaves_no_running_loader():
@@ -241,7 +239,7 @@ def test_random_chunk_start_is_reproducible_and_worker_independent():
         return [(b["seq_tag"], b["data"].sum().item()) for b in EpochBatches(dataset, 1, options)]
 
     first = run(0)
-    assert run(2) == first and run(1, "process") == first and run(1, "shared_memory") == first
+    assert run(2) == first and run(1, "process") == first
     assert _all_batches(_StreamOnly(num_seqs=30), 0) == _all_batches(SyntheticSpeechDataset(num_seqs=30), 0)
 
 
