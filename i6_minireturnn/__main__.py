@@ -193,7 +193,10 @@ def _exit_without_finalization(code: int) -> NoReturn:
     exception") after a run that had finished."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone (a pipe whose reader ended): nothing more to say there
+            pass
     os._exit(code)
 
 
