@@ -233,11 +233,13 @@ def main() -> None:
         median = statistics.median(times)
         # each repeat's engine epoch against the plain epoch of the same repeat: robust to a machine whose speed
         # drifts during the run (seen on shared GPU machines: the same loop 25% faster at the end than at the start)
-        paired = statistics.median(p / t for p, t in zip(plain_times, times))
+        ratios = [p / t for p, t in zip(plain_times, times)]
+        # the quartiles show the machine's noise: a target inside them is not decided by this run
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         print(
             f"engine, workers {setting:9s}: {frames / median / 1e6:.3f} M frames/s, median epoch {median:.3f} s, "
-            f"engine / plain = {plain / median:.3f}, median of paired ratios {paired:.3f} "
-            f"(epochs {', '.join(f'{t:.3f}' for t in times)})"
+            f"engine / plain = {plain / median:.3f}, median of paired ratios {statistics.median(ratios):.3f} "
+            f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; epochs {', '.join(f'{t:.3f}' for t in times)})"
         )
     print(f"plain loop epochs: {', '.join(f'{t:.3f}' for t in plain_times)}")
     if args.profile:

@@ -250,7 +250,10 @@ class Distributed:
 
 class _ForwardThroughDDP:
     """The plain module's forward while training: the outer call goes through DDP, whose own call of the module
-    then reaches the original forward."""
+    then reaches the original forward. The module's hooks ran with the outer call; DDP's call runs without them (they
+    would run twice per step)."""
+
+    _HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
 
     def __init__(self, ddp: torch.nn.parallel.DistributedDataParallel, original: Callable[..., Any]):
         self._ddp = ddp
@@ -260,10 +263,16 @@ class _ForwardThroughDDP:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._inside:
             return self._original(*args, **kwargs)
+        module = self._ddp.module
+        hooks = {name: getattr(module, name) for name in self._HOOKS if hasattr(module, name)}
         self._inside = True
         try:
+            for name, value in hooks.items():
+                setattr(module, name, type(value)())  # the same kind of dict, empty
             return self._ddp(*args, **kwargs)
         finally:
+            for name, value in hooks.items():
+                setattr(module, name, value)
             self._inside = False
 
 

@@ -275,3 +275,34 @@ def test_forward_refuses_several_processes(tmp_path):
         f.write(extra)
     code, out = _run(folder, "++task", "forward", processes=2)
     assert code != 0 and "Task forward runs in one process" in out
+
+
+HOOKS = """
+_calls = {"steps": 0, "pre": 0, "post": 0}
+_get_model = get_model
+
+
+def get_model(epoch, step, **kwargs):
+    model = _get_model(epoch, step)
+    model.register_forward_pre_hook(lambda module, args: _calls.__setitem__("pre", _calls["pre"] + 1))
+    model.register_forward_hook(lambda module, args, out: _calls.__setitem__("post", _calls["post"] + 1))
+    return model
+
+
+_train_step = train_step
+
+
+def train_step(*, model, data, run_ctx, **kwargs):
+    _calls["steps"] += 1
+    _train_step(model=model, data=data, run_ctx=run_ctx, **kwargs)
+    if not _calls["pre"] == _calls["post"] == _calls["steps"]:
+        raise AssertionError(f"hooks ran {_calls} times")
+"""
+
+
+def test_hooks_of_the_model_run_once_per_call(tmp_path):
+    # the model's forward goes through DDP, which calls the module again: its hooks still run once per step
+    folder = _write(tmp_path, "torch_distributed = {}\nnum_epochs = 1\n" + HOOKS).parent
+    code, out = _run(folder, processes=2)
+    assert code == 0, out
+    assert "trained 4 steps" in out
