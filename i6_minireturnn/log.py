@@ -5,27 +5,41 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 from typing import List, Optional, Sequence, TextIO
 
 
 class _Stream(io.TextIOBase):
-    """A write-only stream that forwards to the log's outputs when its level is enabled."""
+    """A write-only stream that forwards to the log's outputs when its level is enabled.
+
+    Whole lines go out at once: ``print`` writes a message and its newline in two calls, and a line of another
+    thread (the background checkpoint writer's "Saved model ...") must not land between them. Each thread's text
+    is held until its newline (or a flush), then written to every output under one lock."""
 
     def __init__(self, log: Log, level: int):
         super().__init__()
         self._log = log
         self._level = level
+        self._pending = threading.local()  # this thread's text after its last newline
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        if self._log.verbosity >= self._level:
-            for out in self._log.outputs:
-                out = out or sys.stdout  # None: whatever stdout is now (tests swap it)
-                out.write(text)
-                out.flush()
+        if self._log.verbosity < self._level:
+            return len(text)
+        held = getattr(self._pending, "text", "") + text
+        end = held.rfind("\n") + 1
+        self._pending.text = held[end:]
+        if end:
+            self._log.emit(held[:end])
         return len(text)
+
+    def flush(self) -> None:
+        text = getattr(self._pending, "text", "")
+        if text:
+            self._pending.text = ""
+            self._log.emit(text)
 
 
 class Log:
@@ -35,9 +49,18 @@ class Log:
         self.verbosity = 4
         self.outputs: List[Optional[TextIO]] = [None]
         self._files: List[TextIO] = []
+        self._lock = threading.Lock()
         self.v = [_Stream(self, level) for level in range(6)]
         self.v0, self.v1, self.v2, self.v3, self.v4, self.v5 = self.v
         self.error = _Stream(self, 0)
+
+    def emit(self, text: str) -> None:
+        """Writes `text` to every output, as one piece with respect to other threads' text."""
+        with self._lock:
+            for out in self.outputs:
+                out = out or sys.stdout  # None: whatever stdout is now (tests swap it)
+                out.write(text)
+                out.flush()
 
     @property
     def verbose(self) -> List[bool]:

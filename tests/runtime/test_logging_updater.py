@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import threading
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from i6_minireturnn import __version__
 from i6_minireturnn.config import Config
 from i6_minireturnn.engine.updater import Updater
 from i6_minireturnn.errors import ConfigError
+from i6_minireturnn.log import Log
 
 from .conftest import write_config
 
@@ -30,6 +33,30 @@ def test_log_file_greeting_and_progress(tmp_path, run_cli):
     assert "CE " in text
     assert "step 1/2 (50%), ETA" in text  # progress with ETA
     assert "epoch 2: trained 2 steps in" in text and text in out
+
+
+def test_lines_of_several_threads_stay_whole_in_every_output():
+    # print writes a message and its newline separately; the background checkpoint writer's "Saved model" line
+    # landed between them in one log file and not in the other
+    log, first, second = Log(), io.StringIO(), io.StringIO()
+    log.outputs = [first, second]
+
+    def write_lines(name):
+        for i in range(1000):
+            print(f"{name} line {i}", "in", "parts", file=log.v3)
+
+    threads = [threading.Thread(target=write_lines, args=(name,)) for name in "abc"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = first.getvalue().splitlines()
+    assert len(lines) == 3000 and all(line.endswith(" in parts") for line in lines)
+    assert first.getvalue() == second.getvalue()
+    print("unfinished", end="", file=log.v3)  # held until its newline or a flush
+    assert not first.getvalue().endswith("unfinished")
+    log.v3.flush()
+    assert first.getvalue().endswith("unfinished") and second.getvalue().endswith("unfinished")
 
 
 def test_low_verbosity_is_quiet(tmp_path, run_cli):
