@@ -49,7 +49,7 @@ class Log:
         self.verbosity = 4
         self.outputs: List[Optional[TextIO]] = [None]
         self._files: List[TextIO] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a signal handler that prints may run inside emit
         self.v = [_Stream(self, level) for level in range(6)]
         self.v0, self.v1, self.v2, self.v3, self.v4, self.v5 = self.v
         self.error = _Stream(self, 0)

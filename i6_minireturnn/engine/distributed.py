@@ -28,11 +28,11 @@ from ..errors import ConfigError
 from ..log import log
 
 _REDUCE_TYPES = ("grad", "param")
+_OPTIONS = ("reduce_type", "param_sync_step", "find_unused_parameters", "gradient_as_bucket_view", "backend", "timeout")
 
 # Whether this process joined a process group (the command line then ends the process without finalization, see
 # i6_minireturnn.__main__._exit_without_finalization).
 _joined_process_group = False
-_OPTIONS = ("reduce_type", "param_sync_step", "find_unused_parameters", "gradient_as_bucket_view", "backend", "timeout")
 
 
 @dataclass(frozen=True)
