@@ -242,11 +242,12 @@ def test_ranks_end_after_their_exit_handlers_with_the_runs_exit_code(tmp_path, b
     extra = "torch_distributed = {}\nnum_epochs = 1\n" + EXIT_HANDLER.replace("BROKEN", repr(broken))
     code, out = _run(_write(tmp_path, extra).parent, processes=2)
     assert "terminate called" not in out
-    assert "exit handler of rank 0 ran" in out and "exit handler of rank 1 ran" in out
     if broken:
-        assert code != 0 and "broken step" in out
+        # the rank that fails second may be stopped by torchrun first: the first one's handlers ran
+        assert code != 0 and "broken step" in out and "exit handler of rank" in out
     else:
         assert code == 0 and "Finished in" in out, out
+        assert "exit handler of rank 0 ran" in out and "exit handler of rank 1 ran" in out
         assert (tmp_path / "out/model.001.pt").exists()
 
 
