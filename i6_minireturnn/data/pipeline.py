@@ -59,6 +59,11 @@ class PipelineOptions:
                 "shard_remainder must be given with num_shards > 1: 'drop' (training) or 'keep' (evaluation)"
             )
 
+    @property
+    def forks_workers(self) -> bool:
+        """Whether batches come from forked worker processes (``data_worker_type = "process"``)."""
+        return self.num_workers > 0 and self.worker_type == "process"
+
     def sharded(self, shard_index: int, num_shards: int, *, remainder: str) -> PipelineOptions:
         """These options for shard `shard_index` of `num_shards` (a copy; `remainder`: "drop" or "keep")."""
         return dataclasses.replace(self, shard_index=shard_index, num_shards=num_shards, shard_remainder=remainder)

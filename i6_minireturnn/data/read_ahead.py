@@ -72,7 +72,7 @@ def _streamed_chunks(
 
 def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: PipelineOptions) -> Iterator[Batch]:
     """The batches of a plan, in plan order; workers load the next ones while the current one is in use."""
-    if options.num_workers > 0 and options.worker_type == "process":
+    if options.forks_workers:
         yield from _loader_processes(_PlannedBatches(dataset, plan), min(options.num_workers, len(plan)), options)
         return
     pin = options.pin_memory
@@ -96,7 +96,7 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
 
 def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -> Iterator[Batch]:
     """The batches of a streamed epoch (see :func:`stream_batches`); one worker reads ahead (one stream)."""
-    if options.num_workers > 0 and options.worker_type == "process":
+    if options.forks_workers:
         yield from _loader_processes(_StreamedBatches(dataset, options, seed), 1, options)
         return
     batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory)

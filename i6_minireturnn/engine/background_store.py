@@ -116,7 +116,7 @@ class BackgroundStore:
     def before_fork(self, options: Any) -> None:
         """Waits for the writes where the pipeline `options` start worker processes by forking: a child must not
         inherit locks the writer thread holds (the log's stream, the allocator's) mid-write."""
-        if options.num_workers > 0 and options.worker_type == "process":
+        if options.forks_workers:
             self.flush()
 
     def _raise_failure(self, *, again: bool) -> None:

@@ -181,7 +181,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         ):
             return
         options = self._data_options("train")
-        read_ahead = not (options.num_workers > 0 and options.worker_type == "process")
+        read_ahead = not options.forks_workers
         self._first_batches = FirstBatches(self.train_dataset, self._start_epoch, options, read_ahead=read_ahead)
 
     def _train_outputs(self) -> Dict[str, str]:
