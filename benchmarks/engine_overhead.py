@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Dict, List
+from typing import Callable, Dict, Iterable, List
 
 import numpy as np
 import torch
@@ -25,11 +25,13 @@ from torch import nn
 
 from i6_minireturnn.config import Config
 from i6_minireturnn.data.dataset import DataKey, Dataset
+from i6_minireturnn.data.loader_pacing import PACING
 from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
 from i6_minireturnn.engine.engine import Engine
 from i6_minireturnn.log import log
 
 FEATURES, CLASSES = 80, 40
+STEP_STARTS: List[float] = []  # when each step of the loop being timed began (both loops append)
 
 
 class RandomFrames(Dataset):
@@ -83,19 +85,23 @@ def masked_ce(model: nn.Module, data: Dict[str, torch.Tensor]):
     return (frame_losses * mask).sum(), lengths.sum()
 
 
-def plain_loop(model: nn.Module, batches: List[Dict[str, torch.Tensor]], device: str) -> float:
-    """Seconds for one epoch of the reference loop (batches pinned in memory already)."""
+def plain_loop(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]], device: str) -> float:
+    """Seconds for one epoch of the reference loop (batches pinned in memory already; or the pipeline's batches:
+    then the backward is a window for paced loader threads, as in the engine)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     total = torch.zeros((), device=device)
     start = time.perf_counter()
-    for batch in batches:
-        data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
-            loss, norm = masked_ce(model, data)
-        (loss / norm).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        total += loss.detach()
+    with PACING.training():
+        for batch in batches:
+            STEP_STARTS.append(time.perf_counter())
+            data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+                loss, norm = masked_ce(model, data)
+            with PACING.window():
+                (loss / norm).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.detach()
     float(total)  # one sync at the end
     return time.perf_counter() - start
 
@@ -115,6 +121,7 @@ def count_syncs(func, device: str) -> int:
 
 
 def train_step(*, model, data, run_ctx, **kwargs):
+    STEP_STARTS.append(time.perf_counter())
     loss, norm = masked_ce(model, data)
     run_ctx.mark_as_loss(loss, "ce", inv_norm_factor=norm)
 
@@ -128,12 +135,12 @@ class PreloadedEngine(Engine):
     def train_epoch(self) -> None:
         import i6_minireturnn.engine.engine as engine_module
 
-        original = engine_module.EpochBatches
-        engine_module.EpochBatches = lambda dataset, epoch, options: _Preloaded(self.preloaded[epoch])
+        original = engine_module.take_batches
+        engine_module.take_batches = lambda first, dataset, epoch, options: _Preloaded(self.preloaded[epoch])
         try:
             super().train_epoch()
         finally:
-            engine_module.EpochBatches = original
+            engine_module.take_batches = original
 
 
 class _Preloaded(list):
@@ -156,7 +163,7 @@ def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, wo
         "train_step": train_step,
         "log_step_interval": 100,
     }
-    if worker_type not in ("default", "preloaded"):
+    if worker_type not in ("default", "preloaded", "unpaced"):
         keys.update(num_workers_per_gpu=workers, data_worker_type=worker_type if workers else "thread")
     engine = (PreloadedEngine if worker_type == "preloaded" else Engine)(Config(keys))
     engine.init_train(train_data=dataset)
@@ -175,7 +182,9 @@ def main() -> None:
         nargs="+",
         default=["default", "thread:2", "process:1", "none:0"],
         help="data worker settings to time: default (the config without worker keys), thread:N, process:N, none:0, "
-        "preloaded (the engine loop over the plain loop's in-memory batches)",
+        "preloaded (the engine loop over the plain loop's in-memory batches), unpaced (the default without loader "
+        "pacing, see i6_minireturnn/data/loader_pacing.py), plain-pipeline (the plain loop over the default "
+        "pipeline's batches), plain-pipeline-unpaced",
     )
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (Python's GIL hand-over)")
     parser.add_argument("--profile", metavar="FILE", help="write a torch.profiler table of one engine epoch here")
@@ -188,8 +197,9 @@ def main() -> None:
     engines = {}
     for setting in args.settings:
         worker_type, _, workers = setting.partition(":")
-        engines[setting] = make_engine(args, dataset, worker_type, int(workers or 1))
-    options = PipelineOptions.from_config(engines[args.settings[0]].config, device=args.device)
+        if not worker_type.startswith("plain"):
+            engines[setting] = make_engine(args, dataset, worker_type, int(workers or 1))
+    options = PipelineOptions.from_config(make_engine(args, dataset, "default", 1).config, device=args.device)
     batches_per_epoch = {
         epoch: [
             {k: v.pin_memory() if isinstance(v, torch.Tensor) and options.pin_memory else v for k, v in b.items()}
@@ -219,14 +229,40 @@ def main() -> None:
         engine.train_epoch()
         return time.perf_counter() - start
 
-    for engine in engines.values():
-        engine_epoch(engine, 1)
-        engine_epoch(engine, 2)
-    plain_times, engine_times = [], {setting: [] for setting in engines}
+    def runner(setting: str) -> Callable[[int], float]:
+        """One epoch of `setting`: an engine, or the plain loop over the pipeline's batches (paced or not)."""
+
+        def run(epoch: int) -> float:
+            PACING.enabled = setting not in ("unpaced", "plain-pipeline-unpaced")
+            try:
+                if setting in engines:
+                    return engine_epoch(engines[setting], epoch)
+                return plain_loop(reference, EpochBatches(dataset, epoch, options), args.device)
+            finally:
+                PACING.enabled = True
+
+        return run
+
+    runners = {setting: runner(setting) for setting in args.settings}
+    for run in runners.values():
+        run(1)
+        run(2)
+    plain_times, engine_times = [], {setting: [] for setting in runners}
+    plain_steps, engine_steps = [], {setting: [] for setting in runners}
+
+    def step_times(func, *args):
+        STEP_STARTS.clear()
+        seconds = func(*args)
+        return seconds, np.diff(STEP_STARTS)
+
     for _ in range(args.repeats):
-        plain_times.append(plain_loop(reference, batches, args.device))
-        for setting, engine in engines.items():
-            engine_times[setting].append(engine_epoch(engine, 2))
+        seconds, steps = step_times(plain_loop, reference, batches, args.device)
+        plain_times.append(seconds)
+        plain_steps.append(steps)
+        for setting, run in runners.items():
+            seconds, steps = step_times(run, 2)
+            engine_times[setting].append(seconds)
+            engine_steps[setting].append(steps)
     plain = statistics.median(plain_times)
     print(f"plain loop (in-memory batches): {frames / plain / 1e6:.3f} M frames/s, median epoch {plain:.3f} s")
     for setting, times in engine_times.items():
@@ -237,22 +273,32 @@ def main() -> None:
         # the quartiles show the machine's noise: a target inside them is not decided by this run
         quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         print(
-            f"engine, workers {setting:9s}: {frames / median / 1e6:.3f} M frames/s, median epoch {median:.3f} s, "
-            f"engine / plain = {plain / median:.3f}, median of paired ratios {statistics.median(ratios):.3f} "
+            f"{setting:9s}: {frames / median / 1e6:.3f} M frames/s, median epoch {median:.3f} s, "
+            f"/ plain = {plain / median:.3f}, median of paired ratios {statistics.median(ratios):.3f} "
             f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; epochs {', '.join(f'{t:.3f}' for t in times)})"
         )
     print(f"plain loop epochs: {', '.join(f'{t:.3f}' for t in plain_times)}")
+    # Per step: each step's median over the repeats, summed over the epoch's steps. A machine whose speed changes
+    # during the run (other work on the host) slows whole stretches of steps; the median of each step over the
+    # repeats leaves those out, where an epoch's total keeps them.
+    plain_step_sum = np.median(np.stack(plain_steps), axis=0).sum()
+    for setting, steps in engine_steps.items():
+        engine_step_sum = np.median(np.stack(steps), axis=0).sum()
+        print(
+            f"per-step medians, {setting:9s}: {1e3 * engine_step_sum / len(batches):.3f} ms a step, "
+            f"plain {1e3 * plain_step_sum / len(batches):.3f} ms, "
+            f"/ plain = {plain_step_sum / engine_step_sum:.3f}"
+        )
     if args.profile:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if args.device.startswith("cuda"):
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as profiler:
-            engine_epoch(engines[args.settings[0]], 2)
+            runners[args.settings[0]](2)
         with open(args.profile, "w") as f:
             f.write(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=50))
     if args.device.startswith("cuda"):
-        engine = engines[args.settings[0]]
-        engine_syncs = count_syncs(lambda: engine_epoch(engine, 2), args.device)
+        engine_syncs = count_syncs(lambda: runners[args.settings[0]](2), args.device)
         plain_syncs = count_syncs(lambda: plain_loop(reference, batches, args.device), args.device)
         print(f"host-device syncs per epoch of {len(batches)} steps: engine {engine_syncs}, plain loop {plain_syncs}")
 

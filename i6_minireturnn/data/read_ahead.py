@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.utils.data
@@ -23,44 +23,60 @@ from .chunking import cut
 from .collate import Batch, collate_batch
 from .dataset import Dataset
 from .epoch_plan import Item, expand_sequence, streamed_positions
+from .loader_pacing import PACING
 
 if TYPE_CHECKING:
     from .pipeline import PipelineOptions
 
 
-def load_items(dataset: Dataset, items: List[Item], pin_memory: bool = False) -> Batch:
+def load_items(
+    dataset: Dataset, items: List[Item], pin_memory: bool = False, pause: Optional[Callable[[], None]] = None
+) -> Batch:
     """Loads the sequences of one planned batch (each once, also when several of its chunks are in it) and
-    collates them (into page-locked memory with `pin_memory`).
+    collates them (into page-locked memory with `pin_memory`). `pause` is called between the pieces of work
+    (sequences, collation of each key; see :mod:`.loader_pacing`).
 
     Datasets that can (``reads_batches``, e.g. HDF) read whole sequences straight into the batch tensors
     (``read_batch``).
     """
     if getattr(dataset, "reads_batches", False) and all(item.span is None for item in items):
+        if pause is not None:
+            pause()
         corpus_indices = [item.corpus_idx for item in items]
         return dataset.read_batch(corpus_indices, [item.seq_idx for item in items], pin_memory=pin_memory)
     loaded: Dict[int, Dict[str, Any]] = {}
     seqs = []
     for item in items:
         if item.corpus_idx not in loaded:
+            if pause is not None:
+                pause()
             loaded[item.corpus_idx] = dataset.get_corpus_seq(item.corpus_idx, seq_idx=item.seq_idx)
         seqs.append(cut(loaded[item.corpus_idx], item.span))
-    return collate_batch(seqs, dataset_name=dataset.name, pin_memory=pin_memory)
+    return collate_batch(seqs, dataset_name=dataset.name, pin_memory=pin_memory, pause=pause)
 
 
-def stream_batches(dataset: Dataset, options: PipelineOptions, seed: int, pin_memory: bool = False) -> Iterator[Batch]:
+def stream_batches(
+    dataset: Dataset,
+    options: PipelineOptions,
+    seed: int,
+    pin_memory: bool = False,
+    pause: Optional[Callable[[], None]] = None,
+) -> Iterator[Batch]:
     """The batches of a dataset without cheap lengths: loads the shard's sequences in epoch order and batches them
     as they come (the same batches a plan would give, had the lengths been known); collated into page-locked memory
-    with `pin_memory`."""
-    chunks = _streamed_chunks(dataset, options, seed)
+    with `pin_memory`; `pause` as in :func:`load_items`."""
+    chunks = _streamed_chunks(dataset, options, seed, pause)
     for batch in group_into_batches(chunks, options.limits, drop_last=options.drop_last):
-        yield collate_batch(batch, dataset_name=dataset.name, pin_memory=pin_memory)
+        yield collate_batch(batch, dataset_name=dataset.name, pin_memory=pin_memory, pause=pause)
 
 
 def _streamed_chunks(
-    dataset: Dataset, options: PipelineOptions, seed: int
+    dataset: Dataset, options: PipelineOptions, seed: int, pause: Optional[Callable[[], None]]
 ) -> Iterator[Tuple[Dict[str, Any], Dict[str, int]]]:
     """(loaded sequence or chunk, its lengths) in epoch order, for the shard's positions."""
     for seq_idx in streamed_positions(dataset.num_seqs, options):
+        if pause is not None:
+            pause()
         seq = dataset.get_seq(seq_idx)
         lengths = {k: int(v.shape[0]) for k, v in seq.items() if hasattr(v, "shape") and v.ndim}
         where = f"sequence {seq['seq_tag']!r} of dataset {dataset.name!r}"
@@ -83,15 +99,36 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     pool = ThreadPoolExecutor(options.num_workers, thread_name_prefix="data")
     in_flight = options.num_workers * options.prefetch
     pending: Deque[Future] = collections.deque()
+    taken = 0  # batches the loop has taken: it needs batch `taken` next
+
+    def load(index: int, items: List[Item]) -> Batch:
+        def pause() -> None:
+            if index > taken:  # a batch after the next one: the loader is ahead
+                PACING.wait_for_window()
+
+        return load_items(dataset, items, pin, pause)
+
     try:
-        for items in plan:
-            pending.append(pool.submit(load_items, dataset, items, pin))
+        for index, items in enumerate(plan):
+            pending.append(pool.submit(load, index, items))
             if len(pending) > in_flight:
-                yield pending.popleft().result()
+                batch = _result(pending.popleft())
+                taken += 1
+                yield batch
         while pending:
-            yield pending.popleft().result()
+            batch = _result(pending.popleft())
+            taken += 1
+            yield batch
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # also on an early exit: no loader keeps running
+
+
+def _result(future: Future) -> Batch:
+    """The batch of `future`; waiting for it is a window for paced loaders (the loop needs no Python then)."""
+    if future.done():
+        return future.result()
+    with PACING.window():
+        return future.result()
 
 
 def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -> Iterator[Batch]:
@@ -99,21 +136,33 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
     if options.forks_workers:
         yield from _loader_processes(_StreamedBatches(dataset, options, seed), 1, options)
         return
-    batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory)
+    taken = produced = 0  # batches the loop has taken, batches the stream has given
+
+    def pause() -> None:
+        if produced > taken:  # the batch being collected is after the one the loop needs next
+            PACING.wait_for_window()
+
+    batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory, pause=pause)
     if options.num_workers == 0:
         yield from batches
         return
+
+    def next_batch() -> Optional[Batch]:
+        nonlocal produced
+        batch = next(batches, None)
+        produced += 1
+        return batch
+
     # one thread: it runs the submitted steps of the stream one after another, in order
     pool = ThreadPoolExecutor(1, thread_name_prefix="data")
-    pending: Deque[Future] = collections.deque(
-        pool.submit(next, batches, None) for _ in range(max(1, options.prefetch))
-    )
+    pending: Deque[Future] = collections.deque(pool.submit(next_batch) for _ in range(max(1, options.prefetch)))
     try:
         while True:
-            batch = pending.popleft().result()
+            batch = _result(pending.popleft())
             if batch is None:
                 return
-            pending.append(pool.submit(next, batches, None))
+            taken += 1
+            pending.append(pool.submit(next_batch))
             yield batch
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -26,6 +26,7 @@ import torch
 from ..config import Config
 from ..data.collate import map_tensors
 from ..data.dataset import Dataset
+from ..data.loader_pacing import PACING
 from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
 from ..errors import CheckpointError, ConfigError
@@ -363,7 +364,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         run_ctx = init_train_step_run_ctx(
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
-        with self._ranks.train_forward(self._model):
+        with self._ranks.train_forward(self._model), PACING.training():
             totals = self._step_loop(
                 self._same_steps_on_all_ranks(batches), self._train_one_step, run_ctx, tracker, report
             )

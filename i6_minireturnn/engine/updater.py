@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 
 from ..config import Config
+from ..data.loader_pacing import PACING
 from ..errors import ConfigError
 from ..log import log
 from .checkpoints import cpu_snapshot, load_file, save_torch_atomic
@@ -306,10 +307,11 @@ class Updater:
         if self.skip_nonfinite and not bool(self.agree_on_finite(torch.isfinite(loss.detach()))):
             self.skip_step(step_idx)
             return
-        if self._grad_scaler is not None:
-            self._grad_scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        with PACING.window():  # backward runs without Python's lock: loader threads may work meanwhile
+            if self._grad_scaler is not None:
+                self._grad_scaler.scale(loss).backward()
+            else:
+                loss.backward()
         self._pending_grads = True
         if self.ends_accumulation(step_idx):
             self.apply_update()
