@@ -2,12 +2,16 @@
 
 Reference: a plain loop over the same batches, already collated in memory (no data loading at all), doing
 forward, masked cross-entropy, backward and Adam steps. The engine runs the same model and loss from a dataset
-through its pipeline (worker process, pinned memory), its run context, loss tracking and updater.
-Prints frames/s of both, the ratio, and the host-device synchronisations per training step that
-``torch.cuda.set_sync_debug_mode`` reports inside the engine's epoch.
+through its pipeline (a loader thread, pinned memory), its run context, loss tracking and updater.
+Prints, for each setting against the plain loop timed alternately in the same run: frames/s and the ratio of median
+epochs, the median of paired ratios (with quartiles: the machine's noise), the ratio of per-step medians (each
+step's median over the repeats, summed: robust to stretches of a slower machine) with the loop thread's CPU time a
+step, and the host-device synchronisations per epoch that ``torch.cuda.set_sync_debug_mode`` reports.
 
     python benchmarks/engine_overhead.py [--device cuda] [--seqs 1500] [--layers 6] [--batch-size 20000]
     python benchmarks/engine_overhead.py --layers 2 --batch-size 8000     # a small model: steps of a few ms
+    python benchmarks/engine_overhead.py --layers 2 --batch-size 8000 --settings default unpaced preloaded \
+        plain-pipeline                                                    # where a small model's time goes
 """
 
 from __future__ import annotations
@@ -249,20 +253,27 @@ def main() -> None:
         run(2)
     plain_times, engine_times = [], {setting: [] for setting in runners}
     plain_steps, engine_steps = [], {setting: [] for setting in runners}
+    plain_cpu, engine_cpu = [], {setting: [] for setting in runners}
 
-    def step_times(func, *args):
+    def timed(func, *args):
+        """(seconds, each step's seconds, the loop thread's CPU seconds a step) of one epoch of `func`."""
         STEP_STARTS.clear()
+        cpu = time.thread_time()
         seconds = func(*args)
-        return seconds, np.diff(STEP_STARTS)
+        # the loop thread's own work, without its waits (for Python's lock, the device, the data)
+        cpu_per_step = (time.thread_time() - cpu) / len(STEP_STARTS)
+        return seconds, np.diff(STEP_STARTS), cpu_per_step
 
     for _ in range(args.repeats):
-        seconds, steps = step_times(plain_loop, reference, batches, args.device)
+        seconds, steps, cpu = timed(plain_loop, reference, batches, args.device)
         plain_times.append(seconds)
         plain_steps.append(steps)
+        plain_cpu.append(cpu)
         for setting, run in runners.items():
-            seconds, steps = step_times(run, 2)
+            seconds, steps, cpu = timed(run, 2)
             engine_times[setting].append(seconds)
             engine_steps[setting].append(steps)
+            engine_cpu[setting].append(cpu)
     plain = statistics.median(plain_times)
     print(f"plain loop (in-memory batches): {frames / plain / 1e6:.3f} M frames/s, median epoch {plain:.3f} s")
     for setting, times in engine_times.items():
@@ -287,7 +298,8 @@ def main() -> None:
         print(
             f"per-step medians, {setting:9s}: {1e3 * engine_step_sum / len(batches):.3f} ms a step, "
             f"plain {1e3 * plain_step_sum / len(batches):.3f} ms, "
-            f"/ plain = {plain_step_sum / engine_step_sum:.3f}"
+            f"/ plain = {plain_step_sum / engine_step_sum:.3f}; the loop thread's CPU time a step "
+            f"{1e3 * statistics.median(engine_cpu[setting]):.3f} ms (plain {1e3 * statistics.median(plain_cpu):.3f})"
         )
     if args.profile:
         activities = [torch.profiler.ProfilerActivity.CPU]
