@@ -17,6 +17,7 @@ step, and the host-device synchronisations per epoch that ``torch.cuda.set_sync_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -89,13 +90,13 @@ def masked_ce(model: nn.Module, data: Dict[str, torch.Tensor]):
     return (frame_losses * mask).sum(), lengths.sum()
 
 
-def plain_loop(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]], device: str) -> float:
+def plain_loop(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]], device: str, paced: bool = True) -> float:
     """Seconds for one epoch of the reference loop (batches pinned in memory already; or the pipeline's batches:
     then the backward is a window for paced loader threads, as in the engine)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     total = torch.zeros((), device=device)
     start = time.perf_counter()
-    with PACING.training():
+    with PACING.training() if paced else contextlib.nullcontext():
         for batch in batches:
             STEP_STARTS.append(time.perf_counter())
             data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -167,7 +168,9 @@ def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, wo
         "train_step": train_step,
         "log_step_interval": 100,
     }
-    if worker_type not in ("default", "preloaded", "unpaced"):
+    if worker_type == "unpaced":
+        keys.update(data_loader_pacing=False)
+    elif worker_type not in ("default", "preloaded"):
         keys.update(num_workers_per_gpu=workers, data_worker_type=worker_type if workers else "thread")
     engine = (PreloadedEngine if worker_type == "preloaded" else Engine)(Config(keys))
     engine.init_train(train_data=dataset)
@@ -237,13 +240,10 @@ def main() -> None:
         """One epoch of `setting`: an engine, or the plain loop over the pipeline's batches (paced or not)."""
 
         def run(epoch: int) -> float:
-            PACING.enabled = setting not in ("unpaced", "plain-pipeline-unpaced")
-            try:
-                if setting in engines:
-                    return engine_epoch(engines[setting], epoch)
-                return plain_loop(reference, EpochBatches(dataset, epoch, options), args.device)
-            finally:
-                PACING.enabled = True
+            if setting in engines:
+                return engine_epoch(engines[setting], epoch)
+            paced = setting != "plain-pipeline-unpaced"
+            return plain_loop(reference, EpochBatches(dataset, epoch, options), args.device, paced)
 
         return run
 

@@ -15,6 +15,7 @@ and without pacing, against the same loop without a loader (the reference: calls
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -35,14 +36,14 @@ from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions  # noqa: 
 
 
 def stand_in_loop(
-    batches: Optional[Iterable], num_steps: int, launch_ns: int, backward_s: float, threshold_ns: int
+    batches: Optional[Iterable], num_steps: int, launch_ns: int, backward_s: float, threshold_ns: int, paced: bool
 ) -> Dict[str, float]:
     """The stand-in training loop over `batches` (None: `num_steps` steps without a loader)."""
     tensor = torch.zeros(4)
     calls = slow = lost = steps = 0
     waited = 0.0
     iterator = iter(batches) if batches is not None else iter(range(num_steps))
-    with PACING.training():
+    with PACING.training() if paced else contextlib.nullcontext():
         while True:
             start = time.perf_counter()
             if next(iterator, None) is None:
@@ -95,10 +96,9 @@ def main() -> None:
         results = {"no loader": [], "paced": [], "unpaced": []}
         for _ in range(args.repeats):  # alternating: a machine whose speed drifts affects all alike
             for setting, runs in results.items():
-                PACING.enabled = setting != "unpaced"
                 batches = None if setting == "no loader" else EpochBatches(dataset, 2, options)
-                runs.append(stand_in_loop(batches, num_steps, launch_ns, backward_s, threshold_ns))
-        PACING.enabled = True
+                paced = setting != "unpaced"
+                runs.append(stand_in_loop(batches, num_steps, launch_ns, backward_s, threshold_ns, paced))
         print(f"{name}: {num_steps} batches")
         for setting, runs in results.items():
             handovers = statistics.median(r["slow"] / r["steps"] for r in runs)

@@ -11,14 +11,15 @@ collation) until the loop opens a window (:meth:`LoaderPacing.window`: the updat
 batch). The batch the loop needs next is always loaded at once, so a loader that falls behind runs as it would
 unpaced, and a slow one never stalls the loop more than without pacing.
 
-One training loop per process: the pacing is process-wide (:data:`PACING`).
+One training loop per process: the pacing is process-wide (:data:`PACING`). The engine paces its training loop unless
+the config says ``data_loader_pacing = False``; evaluation and forwarding are not paced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 # a paced loader waits at most this long for a window: a loop that opens none (a custom step without backward) then
 # still gets its batches read ahead, only later
@@ -29,10 +30,9 @@ class LoaderPacing:
     """The windows in which paced loader threads may run (see the module)."""
 
     def __init__(self) -> None:
-        self._open = threading.Event()
-        self._open.set()
+        self._changed = threading.Condition()  # notified when a window opens or a loader's batch becomes needed
+        self._open = True
         self._paced = False
-        self.enabled = True  # False: training loops do not pace loaders (as before pacing existed)
 
     @property
     def paced(self) -> bool:
@@ -42,40 +42,55 @@ class LoaderPacing:
     @property
     def window_open(self) -> bool:
         """Whether paced loader threads may run now (always where no loop is paced)."""
-        return self._open.is_set()
+        return self._open
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
         """Paces loader threads (outside windows, those ahead of the loop wait) for the duration."""
-        if self._paced or not self.enabled:  # nested: the outer one decides
+        if self._paced:  # nested: the outer one decides
             yield
             return
         self._paced = True
-        self._open.clear()
+        self._open = False
         try:
             yield
         finally:
-            self._paced = False
-            self._open.set()
+            with self._changed:
+                self._paced = False
+                self._open = True
+                self._changed.notify_all()
 
     @contextlib.contextmanager
     def window(self) -> Iterator[None]:
         """Around a part of the loop that runs without Python's lock (backward; waiting for a batch): paced loader
         threads may run. Costs two cheap calls; nothing where no loop is paced."""
-        if not self._paced or self._open.is_set():
+        if not self._paced or self._open:
             yield
             return
-        self._open.set()
+        with self._changed:
+            self._open = True
+            self._changed.notify_all()
         try:
             yield
         finally:
-            if self._paced:
-                self._open.clear()
+            self._open = not self._paced
 
-    def wait_for_window(self) -> None:
-        """Called by a loader thread between pieces of work on a batch the loop does not need next."""
-        if not self._open.is_set():
-            self._open.wait(_LONGEST_WAIT)
+    def next_batch_pending(self) -> None:
+        """Called by the loop's thread when it has taken a batch and the next one is not ready: its loader may have
+        waited for a window while that batch was further ahead; it goes on now."""
+        if self._paced:
+            with self._changed:
+                self._changed.notify_all()
+
+    def wait_for_window(self, ahead: Callable[[], bool]) -> None:
+        """Called by a loader thread between pieces of work on a batch: while `ahead()` (the loop does not need this
+        batch next) and the loop is paced, waits for a window."""
+        if self._open or not ahead():
+            return
+        with self._changed:
+            while not self._open and ahead():
+                if not self._changed.wait(_LONGEST_WAIT):
+                    return  # no window came: go on
 
 
 PACING = LoaderPacing()

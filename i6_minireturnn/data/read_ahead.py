@@ -102,11 +102,10 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     taken = 0  # batches the loop has taken: it needs batch `taken` next
 
     def load(index: int, items: List[Item]) -> Batch:
-        def pause() -> None:
-            if index > taken:  # a batch after the next one: the loader is ahead
-                PACING.wait_for_window()
+        def ahead() -> bool:  # a batch after the one the loop needs next
+            return index > taken
 
-        return load_items(dataset, items, pin, pause)
+        return load_items(dataset, items, pin, lambda: PACING.wait_for_window(ahead))
 
     try:
         for index, items in enumerate(plan):
@@ -114,13 +113,21 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
             if len(pending) > in_flight:
                 batch = _result(pending.popleft())
                 taken += 1
+                _next_needed(pending)
                 yield batch
         while pending:
             batch = _result(pending.popleft())
             taken += 1
+            _next_needed(pending)
             yield batch
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # also on an early exit: no loader keeps running
+
+
+def _next_needed(pending: Deque[Future]) -> None:
+    """After the loop took a batch: where the next one is not ready, its loader goes on without waiting for a window."""
+    if pending and not pending[0].done():
+        PACING.next_batch_pending()
 
 
 def _result(future: Future) -> Batch:
@@ -138,11 +145,12 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
         return
     taken = produced = 0  # batches the loop has taken, batches the stream has given
 
-    def pause() -> None:
-        if produced > taken:  # the batch being collected is after the one the loop needs next
-            PACING.wait_for_window()
+    def ahead() -> bool:  # the batch being collected is after the one the loop needs next
+        return produced > taken
 
-    batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory, pause=pause)
+    batches = stream_batches(
+        dataset, options, seed, pin_memory=options.pin_memory, pause=lambda: PACING.wait_for_window(ahead)
+    )
     if options.num_workers == 0:
         yield from batches
         return
@@ -163,6 +171,7 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
                 return
             taken += 1
             pending.append(pool.submit(next_batch))
+            _next_needed(pending)
             yield batch
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

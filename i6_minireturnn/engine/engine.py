@@ -12,6 +12,7 @@ the ones that are only translations live in mini_returnn_names.py. Training and 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import inspect
@@ -364,7 +365,9 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         run_ctx = init_train_step_run_ctx(
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
-        with self._ranks.train_forward(self._model), PACING.training():
+        # loader threads ahead of the loop take Python's lock only in its windows (see data/loader_pacing.py)
+        pacing = PACING.training() if self.config.bool("data_loader_pacing", True) else contextlib.nullcontext()
+        with self._ranks.train_forward(self._model), pacing:
             totals = self._step_loop(
                 self._same_steps_on_all_ranks(batches), self._train_one_step, run_ctx, tracker, report
             )

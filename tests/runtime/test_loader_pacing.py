@@ -4,6 +4,7 @@ backward as the window."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -36,10 +37,10 @@ class _StreamedRecordingDataset(_RecordingDataset):
     has_cheap_lengths = False
 
 
-def _loop(enabled: bool, *, windows: bool = True, streamed: bool = False):
+def _loop(paced: bool, *, windows: bool = True, streamed: bool = False):
     """A stand-in training loop: each step 'launches' for 30 ms (the loader could run: the sleep releases Python's
     lock), then back-propagates in a 10 ms window; waiting for a batch is a window too. Returns the loads that were
-    ahead of the loop, by phase, the batches' contents and their number."""
+    ahead of the loop, by phase, the batches' contents, their number and the loads of the batch needed next."""
     state = {"taken": 0, "phase": "launch"}
     options = PipelineOptions(limits=BatchLimits(400, 4), num_workers=1)
     # the plan says which batch each sequence is in; streaming gives the same batches
@@ -49,36 +50,33 @@ def _loop(enabled: bool, *, windows: bool = True, streamed: bool = False):
     batches = EpochBatches(dataset, 1, options)
     dataset.records.clear()  # planning read the lengths
     contents = []
-    PACING.enabled = enabled
-    try:
-        with PACING.training():
-            iterator = iter(batches)
-            while True:
-                state["phase"] = "waiting"  # for the next batch: a window too
-                batch = next(iterator, None)
+    with PACING.training() if paced else contextlib.nullcontext():
+        iterator = iter(batches)
+        while True:
+            state["phase"] = "waiting"  # for the next batch: a window too
+            batch = next(iterator, None)
+            state["phase"] = "launch"
+            if batch is None:
+                break
+            state["taken"] += 1
+            contents.append((batch["seq_tag"], batch["data"].sum().item()))
+            time.sleep(0.03)
+            if windows:
+                state["phase"] = "window"
+                with PACING.window():
+                    time.sleep(0.01)
                 state["phase"] = "launch"
-                if batch is None:
-                    break
-                state["taken"] += 1
-                contents.append((batch["seq_tag"], batch["data"].sum().item()))
-                time.sleep(0.03)
-                if windows:
-                    state["phase"] = "window"
-                    with PACING.window():
-                        time.sleep(0.01)
-                    state["phase"] = "launch"
-    finally:
-        PACING.enabled = True
     ahead = {"launch": 0, "window": 0, "waiting": 0}
+    needed = dict(ahead)
     for corpus_idx, taken, phase in dataset.records:
-        if batch_of[corpus_idx] > taken:  # not the batch the loop needs next
-            ahead[phase] += 1
-    return ahead, contents, len(plan)
+        # loads of a batch after the one the loop needs next, and of that one
+        (ahead if batch_of[corpus_idx] > taken else needed)[phase] += 1
+    return ahead, contents, len(plan), needed
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["planned", "streamed"])
 def test_a_paced_loader_works_ahead_only_in_the_loops_windows(streamed):
-    ahead, contents, num_batches = _loop(enabled=True, streamed=streamed)
+    ahead, contents, num_batches, _ = _loop(paced=True, streamed=streamed)
     assert num_batches >= 10 and len(contents) == num_batches
     assert ahead["window"] >= num_batches  # it did read ahead (a batch has 4 sequences), in the backward windows
     # a load is recorded just after the loader passed its window check: one the loop's thread overtook in between
@@ -86,16 +84,19 @@ def test_a_paced_loader_works_ahead_only_in_the_loops_windows(streamed):
     # first sequence of the following one (to know it is full); without pacing nearly all are outside (below)
     assert ahead["launch"] <= 3
 
-    unpaced_ahead, unpaced_contents, _ = _loop(enabled=False, streamed=streamed)
+    unpaced_ahead, unpaced_contents, _, _ = _loop(paced=False, streamed=streamed)
     assert unpaced_contents == contents  # the same batches
     assert unpaced_ahead["launch"] > num_batches
 
 
-def test_a_loop_without_windows_still_gets_every_batch():
-    # e.g. a custom updater that calls backward itself: the batch needed next is loaded at once, others later
-    ahead, contents, num_batches = _loop(enabled=True, windows=False)
-    assert len(contents) == num_batches
-    assert contents == _loop(enabled=False)[1]
+def test_a_loop_without_windows_still_gets_every_batch_in_time():
+    # e.g. a custom updater that calls backward itself: a batch waits for no window once the loop needs it next
+    ahead, contents, num_batches, needed = _loop(paced=True, windows=False)
+    assert contents == _loop(paced=False)[1]
+    # a loader that waited while its batch was ahead goes on as soon as the loop takes the batch before, not only
+    # when the loop waits for it: the needed batch's sequences are read while the loop works ("launch")
+    assert needed["waiting"] <= 8 and needed["launch"] >= 2 * num_batches
+    assert ahead["launch"] <= 3
 
 
 def test_no_loader_thread_waits_after_the_loop_ends():
@@ -109,19 +110,21 @@ def test_no_loader_thread_waits_after_the_loop_ends():
     assert not [t for t in threading.enumerate() if t.name.startswith("data")]
 
 
-def test_training_steps_are_paced_with_backward_as_the_window(tmp_path, run_cli):
+@pytest.mark.parametrize("pacing", [True, False], ids=["default", "turned_off"])
+def test_training_steps_are_paced_with_backward_as_the_window(tmp_path, run_cli, pacing):
     write_config(
         tmp_path,
-        """
+        f"""
         from i6_minireturnn.data.loader_pacing import PACING
         num_workers_per_gpu = 1
+        data_loader_pacing = {pacing}
 
         def train_step(*, model, data, run_ctx, **kwargs):
             logits = model(data["data"])
             loss = nn.functional.cross_entropy(logits, data["classes"].long(), reduction="sum")
-            print(f"forward paced={PACING.paced} window={PACING.window_open}")
+            print(f"forward paced={{PACING.paced}} window={{PACING.window_open}}")
             if loss.requires_grad:
-                loss.register_hook(lambda grad: print(f"backward window={PACING.window_open}"))
+                loss.register_hook(lambda grad: print(f"backward window={{PACING.window_open}}"))
             run_ctx.mark_as_loss(name="CE", loss=loss, inv_norm_factor=data["classes:size1"].sum())
         """,
     )
@@ -130,5 +133,7 @@ def test_training_steps_are_paced_with_backward_as_the_window(tmp_path, run_cli)
     lines = [line for line in out.splitlines() if line.startswith(("forward", "backward"))]
     # 2 epochs of 2 steps (8 sequences, 4 a batch), each followed by evaluating dev (1 batch, no backward)
     step = ["forward paced=True window=False", "backward window=True"]
+    if not pacing:  # `data_loader_pacing = False`: loaders run whenever they get the lock, as without pacing
+        step = ["forward paced=False window=True", "backward window=True"]
     eval_step = ["forward paced=False window=True"]
     assert lines == 2 * (2 * step + eval_step)
