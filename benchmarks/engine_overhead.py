@@ -17,7 +17,6 @@ step, and the host-device synchronisations per epoch that ``torch.cuda.set_sync_
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -96,7 +95,7 @@ def plain_loop(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]], dev
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     total = torch.zeros((), device=device)
     start = time.perf_counter()
-    with PACING.training() if paced else contextlib.nullcontext():
+    with PACING.training(paced):
         for batch in batches:
             STEP_STARTS.append(time.perf_counter())
             data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}

@@ -15,7 +15,6 @@ and without pacing, against the same loop without a loader (the reference: calls
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ def stand_in_loop(
     calls = slow = lost = steps = 0
     waited = 0.0
     iterator = iter(batches) if batches is not None else iter(range(num_steps))
-    with PACING.training() if paced else contextlib.nullcontext():
+    with PACING.training(paced):
         while True:
             start = time.perf_counter()
             if next(iterator, None) is None:

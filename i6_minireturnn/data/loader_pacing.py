@@ -4,12 +4,12 @@ while the loop runs without it (back-propagation, waiting for a batch).
 A training loop whose steps take a few ms is limited by launching kernels: it needs Python's lock almost all the time,
 releasing it only inside each torch call. A loader thread that wants the lock takes it there, and the loop then waits
 until the loader hands it back: per batch, the loader's collation costs the loop a share of its step rate (measured on
-an H100 with a 2-layer model: 8% with the default single worker thread). Back-propagation, in contrast, runs in C++
+an H100 with a 2-layer model: 5-12% with the default single worker thread). Back-propagation, in contrast, runs in C++
 without the lock for a good part of a step. So while the training loop is paced (:meth:`LoaderPacing.training`),
 a loader thread that works on a batch the loop does not need next waits between its pieces of work (sequences,
 collation) until the loop opens a window (:meth:`LoaderPacing.window`: the updater's backward, the loop's wait for a
-batch). The batch the loop needs next is always loaded at once, so a loader that falls behind runs as it would
-unpaced, and a slow one never stalls the loop more than without pacing.
+batch). The batch the loop needs next is always loaded at once (a loader that waited while its batch was further
+ahead goes on when the loop takes the batch before), so a loader that falls behind runs as it would unpaced.
 
 One training loop per process: the pacing is process-wide (:data:`PACING`). The engine paces its training loop unless
 the config says ``data_loader_pacing = False``; evaluation and forwarding are not paced.
@@ -45,9 +45,10 @@ class LoaderPacing:
         return self._open
 
     @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
-        """Paces loader threads (outside windows, those ahead of the loop wait) for the duration."""
-        if self._paced:  # nested: the outer one decides
+    def training(self, paced: bool = True) -> Iterator[None]:
+        """Paces loader threads (outside windows, those ahead of the loop wait) for the duration; nothing where not
+        `paced` (the config's ``data_loader_pacing = False``)."""
+        if self._paced or not paced:  # nested: the outer one decides
             yield
             return
         self._paced = True

@@ -12,7 +12,6 @@ the ones that are only translations live in mini_returnn_names.py. Training and 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import inspect
@@ -224,12 +223,10 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         filename: Optional[str] = None,
     ) -> None:
         """Creates the model with ``get_model(epoch=, step=)``, then loads `state` and ``preload_from_files``.
-
-        Custom engines call it Mini-RETURNN's way, ``_load_model(epoch=, filename=)`` with what
-        :meth:`get_epoch_model` returned: the checkpoint `filename` (with or without ``.pt``) is read here; epoch
-        None takes the checkpoint's epoch; epoch 1 starts a training (step 0, ``preload_from_files`` applies), a later
-        epoch continues the checkpoint's global step so that a resumed run sees the same steps as an uninterrupted one.
-        """
+        Custom engines call it Mini-RETURNN's way, ``_load_model(epoch=, filename=)`` with what :meth:`get_epoch_model`
+        returned: the checkpoint `filename` (with or without ``.pt``) is read here; epoch None takes the checkpoint's
+        epoch; epoch 1 starts a training (step 0, ``preload_from_files`` applies), a later epoch continues the
+        checkpoint's global step so that a resumed run sees the same steps as an uninterrupted one."""
         if filename is not None and state is None:
             self._store.flush()  # a file being written is read back complete
             print(f"Load model {filename}", file=log.v4)
@@ -365,8 +362,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         run_ctx = init_train_step_run_ctx(
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
-        # loader threads ahead of the loop take Python's lock only in its windows (see data/loader_pacing.py)
-        pacing = PACING.training() if self.config.bool("data_loader_pacing", True) else contextlib.nullcontext()
+        pacing = PACING.training(self.config.bool("data_loader_pacing", True))  # see data/loader_pacing.py
         with self._ranks.train_forward(self._model), pacing:
             totals = self._step_loop(
                 self._same_steps_on_all_ranks(batches), self._train_one_step, run_ctx, tracker, report

@@ -4,7 +4,6 @@ backward as the window."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
@@ -50,7 +49,7 @@ def _loop(paced: bool, *, windows: bool = True, streamed: bool = False):
     batches = EpochBatches(dataset, 1, options)
     dataset.records.clear()  # planning read the lengths
     contents = []
-    with PACING.training() if paced else contextlib.nullcontext():
+    with PACING.training(paced):
         iterator = iter(batches)
         while True:
             state["phase"] = "waiting"  # for the next batch: a window too
