@@ -107,19 +107,20 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
 
         return load_items(dataset, items, pin, lambda: PACING.wait_for_window(ahead))
 
+    def take() -> Batch:
+        nonlocal taken
+        batch = _result(pending.popleft())
+        taken += 1
+        _next_needed(pending)
+        return batch
+
     try:
         for index, items in enumerate(plan):
             pending.append(pool.submit(load, index, items))
             if len(pending) > in_flight:
-                batch = _result(pending.popleft())
-                taken += 1
-                _next_needed(pending)
-                yield batch
+                yield take()
         while pending:
-            batch = _result(pending.popleft())
-            taken += 1
-            _next_needed(pending)
-            yield batch
+            yield take()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # also on an early exit: no loader keeps running
 
