@@ -1,8 +1,9 @@
 """How close the engine's training loop comes to a hand-written PyTorch loop, and how often it syncs.
 
-Reference: a plain loop over the same batches, already collated in memory (no data loading at all), doing
-forward, masked cross-entropy, backward and Adam steps. The engine runs the same model and loss from a dataset
-through its pipeline (a loader thread, pinned memory), its run context, loss tracking and updater.
+Reference: a plain loop over the same batches, already collated in memory (no data loading at all), copying each
+to the device, doing forward, masked cross-entropy, backward and Adam steps. The engine runs the same model and loss
+from a dataset through its pipeline (a loader thread, pinned memory, the loader's copies to the device), its run
+context, loss tracking and updater.
 Prints, for each setting against the plain loop timed alternately in the same run: frames/s and the ratio of median
 epochs, the median of paired ratios (with quartiles: the machine's noise), the ratio of per-step medians (each
 step's median over the repeats, summed: robust to stretches of a slower machine) with the loop thread's CPU time a
@@ -17,6 +18,7 @@ step, and the host-device synchronisations per epoch that ``torch.cuda.set_sync_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -147,6 +149,14 @@ class PreloadedEngine(Engine):
             engine_module.take_batches = original
 
 
+class HostBatchesEngine(Engine):
+    """The engine with its loop copying each batch to the device itself (the loader threads leave them in pinned
+    host memory), as the plain loop does."""
+
+    def _data_options(self, purpose: str):
+        return dataclasses.replace(super()._data_options(purpose), copy_to_device=None)
+
+
 class _Preloaded(list):
     @property
     def num_batches(self) -> int:
@@ -169,9 +179,10 @@ def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, wo
     }
     if worker_type == "unpaced":
         keys.update(data_loader_pacing=False)
-    elif worker_type not in ("default", "preloaded"):
+    elif worker_type not in ("default", "preloaded", "host-batches"):
         keys.update(num_workers_per_gpu=workers, data_worker_type=worker_type if workers else "thread")
-    engine = (PreloadedEngine if worker_type == "preloaded" else Engine)(Config(keys))
+    engine_class = {"preloaded": PreloadedEngine, "host-batches": HostBatchesEngine}.get(worker_type, Engine)
+    engine = engine_class(Config(keys))
     engine.init_train(train_data=dataset)
     return engine
 
@@ -189,7 +200,8 @@ def main() -> None:
         default=["default", "thread:2", "process:1", "none:0"],
         help="data worker settings to time: default (the config without worker keys), thread:N, process:N, none:0, "
         "preloaded (the engine loop over the plain loop's in-memory batches), unpaced (the default without loader "
-        "pacing, see i6_minireturnn/data/loader_pacing.py), plain-pipeline (the plain loop over the default "
+        "pacing, see i6_minireturnn/data/loader_pacing.py), host-batches (the default, but the loop copies each batch "
+        "to the device, not the loader), plain-pipeline (the plain loop over the default "
         "pipeline's batches), plain-pipeline-unpaced",
     )
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (Python's GIL hand-over)")

@@ -35,12 +35,19 @@ class PipelineOptions:
     :func:`.epoch_plan.take_shard`): ``"drop"`` for training (every rank takes the same number of steps),
     ``"keep"`` for evaluation and forwarding (every batch is read once by some rank). It must be given when
     ``num_shards > 1``.
+
+    ``copy_to_device`` (a torch device, e.g. ``"cuda:0"``): loader threads copy each batch there before handing it
+    over, in the device's default stream, where the loop that takes the batches launches its kernels (a loop that
+    launches on another stream must wait for the default one). The loop then makes no copies of its own (see
+    :func:`.read_ahead.to_device`). Without loader threads (``num_workers = 0``, worker processes) batches stay
+    in host memory.
     """
 
     limits: BatchLimits
     drop_last: bool = False
     num_workers: int = 1
     pin_memory: bool = False
+    copy_to_device: Optional[str] = None
     worker_type: str = "thread"
     prefetch: int = 2  # batches in flight per worker
     length_filter: Optional[LengthFilter] = None

@@ -5,7 +5,8 @@ transfer between processes (which costs more than collating it). ``data_worker_t
 worker processes instead, for datasets whose loading holds the GIL.
 
 Where batches go to a GPU (``pin_memory``), threads collate them straight into page-locked memory (no second copy of
-each batch); with worker processes the DataLoader pins them.
+each batch); with worker processes the DataLoader pins them. Where the loop wants its batches on the device
+(``copy_to_device``), the threads also copy them there (:func:`to_device`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.utils.data
 
 from .batching import group_into_batches
 from .chunking import cut
-from .collate import Batch, collate_batch
+from .collate import Batch, collate_batch, map_tensors
 from .dataset import Dataset
 from .epoch_plan import Item, expand_sequence, streamed_positions
 from .loader_pacing import PACING
@@ -53,6 +54,23 @@ def load_items(
             loaded[item.corpus_idx] = dataset.get_corpus_seq(item.corpus_idx, seq_idx=item.seq_idx)
         seqs.append(cut(loaded[item.corpus_idx], item.span))
     return collate_batch(seqs, dataset_name=dataset.name, pin_memory=pin_memory, pause=pause)
+
+
+def to_device(batch: Batch, device: Optional[str], pause: Optional[Callable[[], None]] = None) -> Batch:
+    """`batch` with its tensors copied to `device` (None: `batch` as it is), by a loader thread ahead of the loop.
+
+    A loop whose steps are limited by launching kernels would otherwise make these copies itself at each step: a
+    torch call per tensor, each taking Python's lock and a share of the step's time. A loader thread's current stream
+    is the device's default stream, where the loop launches its kernels: those, launched after the loop took the
+    batch, run after the copies, and the device memory, allocated in that stream, is reused only after the kernels
+    queued before its release. From page-locked memory the copies do not wait for the device; the host buffers are
+    released here, and the host allocator keeps them until their copies are done. `pause` as in
+    :func:`load_items`."""
+    if device is None:
+        return batch
+    if pause is not None:
+        pause()
+    return map_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True))
 
 
 def stream_batches(
@@ -105,7 +123,10 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
         def ahead() -> bool:  # a batch after the one the loop needs next
             return index > taken
 
-        return load_items(dataset, items, pin, lambda: PACING.wait_for_window(ahead))
+        def pause() -> None:
+            PACING.wait_for_window(ahead)
+
+        return to_device(load_items(dataset, items, pin, pause), options.copy_to_device, pause)
 
     def take() -> Batch:
         nonlocal taken
@@ -149,9 +170,10 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
     def ahead() -> bool:  # the batch being collected is after the one the loop needs next
         return produced > taken
 
-    batches = stream_batches(
-        dataset, options, seed, pin_memory=options.pin_memory, pause=lambda: PACING.wait_for_window(ahead)
-    )
+    def pause() -> None:
+        PACING.wait_for_window(ahead)
+
+    batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory, pause=pause)
     if options.num_workers == 0:
         yield from batches
         return
@@ -159,6 +181,8 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
     def next_batch() -> Optional[Batch]:
         nonlocal produced
         batch = next(batches, None)
+        if batch is not None:
+            batch = to_device(batch, options.copy_to_device, pause)  # still batch `produced`: paced as its loading
         produced += 1
         return batch
 
