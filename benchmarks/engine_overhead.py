@@ -179,7 +179,7 @@ def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, wo
     }
     if worker_type == "unpaced":
         keys.update(data_loader_pacing=False)
-    elif worker_type not in ("default", "preloaded", "host-batches"):
+    elif worker_type not in ("default", "preloaded", "host-batches", "eager-submit"):
         keys.update(num_workers_per_gpu=workers, data_worker_type=worker_type if workers else "thread")
     engine_class = {"preloaded": PreloadedEngine, "host-batches": HostBatchesEngine}.get(worker_type, Engine)
     engine = engine_class(Config(keys))
@@ -201,7 +201,8 @@ def main() -> None:
         help="data worker settings to time: default (the config without worker keys), thread:N, process:N, none:0, "
         "preloaded (the engine loop over the plain loop's in-memory batches), unpaced (the default without loader "
         "pacing, see i6_minireturnn/data/loader_pacing.py), host-batches (the default, but the loop copies each batch "
-        "to the device, not the loader), plain-pipeline (the plain loop over the default "
+        "to the device, not the loader), eager-submit (the default, but a loader gets its next batch at once, not "
+        "at the loop's next window), plain-pipeline (the plain loop over the default "
         "pipeline's batches), plain-pipeline-unpaced",
     )
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (Python's GIL hand-over)")
@@ -251,6 +252,12 @@ def main() -> None:
         """One epoch of `setting`: an engine, or the plain loop over the pipeline's batches (paced or not)."""
 
         def run(epoch: int) -> float:
+            if setting == "eager-submit":  # loads queued while the loop launches kernels start at once
+                PACING.at_next_window = lambda func: False
+                try:
+                    return engine_epoch(engines[setting], epoch)
+                finally:
+                    del PACING.at_next_window
             if setting in engines:
                 return engine_epoch(engines[setting], epoch)
             paced = setting != "plain-pipeline-unpaced"

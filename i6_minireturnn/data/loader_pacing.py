@@ -9,7 +9,9 @@ without the lock for a good part of a step. So while the training loop is paced 
 a loader thread that works on a batch the loop does not need next waits between its pieces of work (sequences,
 collation) until the loop opens a window (:meth:`LoaderPacing.window`: the updater's backward, the loop's wait for a
 batch). The batch the loop needs next is always loaded at once (a loader that waited while its batch was further
-ahead goes on when the loop takes the batch before), so a loader that falls behind runs as it would unpaced.
+ahead goes on when the loop takes the batch before), so a loader that falls behind runs as it would unpaced. The
+read-ahead also hands a loader thread the load of a batch that is not needed next only in a window
+(:meth:`LoaderPacing.at_next_window`): the woken thread wants the lock at once.
 
 One training loop per process: the pacing is process-wide (:data:`PACING`). The engine paces its training loop unless
 the config says ``data_loader_pacing = False``; evaluation and forwarding are not paced.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, List
 
 # a paced loader waits at most this long for a window: a loop that opens none (a custom step without backward) then
 # still gets its batches read ahead, only later
@@ -33,6 +35,7 @@ class LoaderPacing:
         self._changed = threading.Condition()  # notified when a window opens or a loader's batch becomes needed
         self._open = True
         self._paced = False
+        self._at_window: List[Callable[[], None]] = []  # run by the loop's thread when it next opens a window
 
     @property
     def paced(self) -> bool:
@@ -59,6 +62,7 @@ class LoaderPacing:
             with self._changed:
                 self._paced = False
                 self._open = True
+                self._at_window.clear()  # work not needed by the loop that registered it
                 self._changed.notify_all()
 
     @contextlib.contextmanager
@@ -71,10 +75,23 @@ class LoaderPacing:
         with self._changed:
             self._open = True
             self._changed.notify_all()
+            at_window, self._at_window = self._at_window, []
+        for func in at_window:
+            func()
         try:
             yield
         finally:
             self._open = not self._paced
+
+    def at_next_window(self, func: Callable[[], None]) -> bool:
+        """Has the loop's thread call `func` when it next opens a window (e.g. to hand a loader thread its next
+        batch: waking a thread that then wants Python's lock costs a loop that is launching kernels a hand-over,
+        one that runs backward nothing). False where no loop is paced or a window is open: `func` is not kept."""
+        with self._changed:
+            if not self._paced or self._open:
+                return False
+            self._at_window.append(func)
+            return True
 
     def next_batch_pending(self) -> None:
         """Called by the loop's thread when it has taken a batch and the next one is not ready: its loader may have

@@ -12,8 +12,9 @@ each batch); with worker processes the DataLoader pins them. Where the loop want
 from __future__ import annotations
 
 import collections
+import itertools
 import multiprocessing
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -116,48 +117,78 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
         return
     pool = ThreadPoolExecutor(options.num_workers, thread_name_prefix="data")
     in_flight = options.num_workers * options.prefetch
-    pending: Deque[Future] = collections.deque()
-    taken = 0  # batches the loop has taken: it needs batch `taken` next
+    loads = _LoadQueue(pool)
 
     def load(index: int, items: List[Item]) -> Batch:
         def ahead() -> bool:  # a batch after the one the loop needs next
-            return index > taken
+            return index > loads.taken
 
         def pause() -> None:
             PACING.wait_for_window(ahead)
 
         return to_device(load_items(dataset, items, pin, pause), options.copy_to_device, pause)
 
-    def take() -> Batch:
-        nonlocal taken
-        batch = _result(pending.popleft())
-        taken += 1
-        _next_needed(pending)
-        return batch
-
     try:
         for index, items in enumerate(plan):
-            pending.append(pool.submit(load, index, items))
-            if len(pending) > in_flight:
-                yield take()
-        while pending:
-            yield take()
+            loads.add(load, index, items)
+            if len(loads) > in_flight:
+                yield loads.take()
+        while len(loads):
+            yield loads.take()
     finally:
+        loads.close()
         pool.shutdown(wait=True, cancel_futures=True)  # also on an early exit: no loader keeps running
 
 
-def _next_needed(pending: Deque[Future]) -> None:
-    """After the loop took a batch: where the next one is not ready, its loader goes on without waiting for a window."""
-    if pending and not pending[0].done():
-        PACING.next_batch_pending()
+class _LoadQueue:
+    """The loads of batches ahead, oldest first, handed to the loader pool in order: at once where the loop needs
+    the batch next or is not paced, else when the loop next opens a window (a loader thread woken then finds the
+    loop in backward, not launching kernels; see :meth:`.LoaderPacing.at_next_window`). Used by the loop's thread.
+    """
 
+    def __init__(self, pool: ThreadPoolExecutor):
+        self._pool = pool
+        self._loads: Deque[List[Any]] = collections.deque()  # [future or None, function, args]; started ones first
+        self._closed = False
+        self.taken = 0  # loads the loop has taken: it needs load `taken` (counted from 0) next
 
-def _result(future: Future) -> Batch:
-    """The batch of `future`; waiting for it is a window for paced loaders (the loop needs no Python then)."""
-    if future.done():
-        return future.result()
-    with PACING.window():
-        return future.result()
+    def __len__(self) -> int:
+        return len(self._loads)
+
+    def add(self, func: Callable[..., Optional[Batch]], *args: Any) -> None:
+        """Queues the load `func(*args)`."""
+        self._loads.append([None, func, args])
+        if len(self._loads) == 1 or not PACING.at_next_window(self._start_all):
+            self._start_all()
+
+    def take(self) -> Optional[Batch]:
+        """The oldest load's batch (waiting for it is a window for paced loaders: the loop needs no Python then); the
+        next one, needed next now, starts at once, and where it is not ready its loader stops waiting for a window."""
+        self._start(1)
+        future = self._loads.popleft()[0]
+        if future.done():
+            batch = future.result()
+        else:
+            with PACING.window():
+                batch = future.result()
+        self.taken += 1
+        if self._loads:
+            self._start(1)
+            if not self._loads[0][0].done():
+                PACING.next_batch_pending()
+        return batch
+
+    def close(self) -> None:
+        """No more loads start (the pool is shut down next)."""
+        self._closed = True
+
+    def _start_all(self) -> None:
+        self._start(len(self._loads))
+
+    def _start(self, count: int) -> None:
+        for load in itertools.islice(self._loads, count):
+            if load[0] is None and not self._closed:
+                load[0] = self._pool.submit(load[1], *load[2])
 
 
 def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -> Iterator[Batch]:
@@ -165,10 +196,11 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
     if options.forks_workers:
         yield from _loader_processes(_StreamedBatches(dataset, options, seed), 1, options)
         return
-    taken = produced = 0  # batches the loop has taken, batches the stream has given
+    produced = 0  # batches the stream has given
+    loads: Optional[_LoadQueue] = None
 
     def ahead() -> bool:  # the batch being collected is after the one the loop needs next
-        return produced > taken
+        return loads is not None and produced > loads.taken
 
     def pause() -> None:
         PACING.wait_for_window(ahead)
@@ -186,19 +218,20 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
         produced += 1
         return batch
 
-    # one thread: it runs the submitted steps of the stream one after another, in order
+    # one thread: it runs the submitted steps of the stream one after another, in the order they were queued
     pool = ThreadPoolExecutor(1, thread_name_prefix="data")
-    pending: Deque[Future] = collections.deque(pool.submit(next_batch) for _ in range(max(1, options.prefetch)))
+    loads = _LoadQueue(pool)
+    for _ in range(max(1, options.prefetch)):
+        loads.add(next_batch)
     try:
         while True:
-            batch = _result(pending.popleft())
+            batch = loads.take()
             if batch is None:
                 return
-            taken += 1
-            pending.append(pool.submit(next_batch))
-            _next_needed(pending)
+            loads.add(next_batch)
             yield batch
     finally:
+        loads.close()
         pool.shutdown(wait=True, cancel_futures=True)
         batches.close()
 

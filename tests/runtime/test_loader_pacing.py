@@ -27,6 +27,9 @@ class _RecordingDataset(SyntheticSpeechDataset):
 
     def load_corpus_seq(self, corpus_idx):
         self.records.append((corpus_idx, self.state["taken"], self.state["phase"]))
+        # loading takes a while (as reading a file does): on a fast machine an unpaced loader would otherwise
+        # finish a batch ahead before the loop, having taken the batch before, even enters its next phase
+        time.sleep(0.001)
         return super().load_corpus_seq(corpus_idx)
 
 
@@ -136,3 +139,23 @@ def test_training_steps_are_paced_with_backward_as_the_window(tmp_path, run_cli,
         step = ["forward paced=False window=True", "backward window=True"]
     eval_step = ["forward paced=False window=True"]
     assert lines == 2 * (2 * step + eval_step)
+
+
+def test_work_for_the_next_window_runs_when_the_loop_opens_it():
+    # how the read-ahead hands a loader thread its next batch: in a window, where waking it costs the loop nothing
+    calls = []
+    assert not PACING.at_next_window(lambda: calls.append("unpaced"))  # no loop is paced: the caller runs it now
+    with PACING.training():
+        assert PACING.at_next_window(lambda: calls.append("first"))
+        assert PACING.at_next_window(lambda: calls.append("second"))
+        assert calls == []
+        with PACING.window():
+            assert calls == ["first", "second"]
+            assert not PACING.at_next_window(lambda: calls.append("open"))  # a window is open: the caller runs it
+        with PACING.window():
+            pass
+        assert PACING.at_next_window(lambda: calls.append("after the loop"))
+    assert calls == ["first", "second"]  # run once each; work queued by a loop that ended is dropped
+    with PACING.training():
+        with PACING.window():
+            assert calls == ["first", "second"]
