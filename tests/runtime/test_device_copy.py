@@ -108,7 +108,7 @@ def test_the_engine_loops_make_no_copies_of_the_batches_on_a_gpu(tmp_path):
             calls = 0
 
             def __torch_function__(self, func, types, args=(), kwargs=None):
-                if func is torch.Tensor.to and args[0].device.type == "cpu":
+                if func is torch.Tensor.to and args[0].is_pinned():  # on a GPU, batches are collated in pinned memory
                     HostCopies.calls += 1
                 return func(*args, **(kwargs or {}))
 
@@ -127,5 +127,4 @@ def test_the_engine_loops_make_no_copies_of_the_batches_on_a_gpu(tmp_path):
     assert run.returncode == 0, run.stderr
     steps = [line for line in run.stdout.splitlines() if line.startswith("step on")]
     assert len(steps) == 6  # 2 epochs of 2 training steps and 1 dev step
-    assert all(line.startswith("step on cuda") for line in steps)
-    assert len({line for line in steps}) == 1, steps  # no step copied its batch
+    assert steps == 6 * ["step on cuda, host copies so far 0"]  # the loop copied no batch
