@@ -71,6 +71,11 @@ class PipelineOptions:
         """Whether batches come from forked worker processes (``data_worker_type = "process"``)."""
         return self.num_workers > 0 and self.worker_type == "process"
 
+    def for_loop_on(self, device: str) -> PipelineOptions:
+        """These options for a loop that runs on `device` (a copy): on a GPU, loader threads copy the batches there
+        (``copy_to_device``, see :func:`.read_ahead.to_device`)."""
+        return dataclasses.replace(self, copy_to_device=device if device.startswith("cuda") else None)
+
     def sharded(self, shard_index: int, num_shards: int, *, remainder: str) -> PipelineOptions:
         """These options for shard `shard_index` of `num_shards` (a copy; `remainder`: "drop" or "keep")."""
         return dataclasses.replace(self, shard_index=shard_index, num_shards=num_shards, shard_remainder=remainder)

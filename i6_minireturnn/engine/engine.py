@@ -12,7 +12,6 @@ the ones that are only translations live in mini_returnn_names.py. Training and 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gc
 import inspect
@@ -117,15 +116,12 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             self._ranks.close(completed=completed)
 
     def _data_options(self, purpose: str) -> PipelineOptions:
-        """The pipeline options for training ("train") or evaluation ("eval"): with several ranks, this rank's shard;
-        training drops the batches beyond a multiple of the rank count (so every rank takes the same steps),
-        evaluation keeps them (its sums are added up over the ranks). On a GPU the loader threads copy the batches
-        to it: these loops make no copies of their own at each step (see data/read_ahead.py, `to_device`)."""
-        on_gpu = dataclasses.replace(self._pipeline, copy_to_device=self._device if self._pipeline.pin_memory else None)
-        if self._ranks.world_size == 1:
-            return on_gpu
+        """The pipeline options for training ("train") or evaluation ("eval"): on a GPU, loader threads copy the batches
+        to it (`PipelineOptions.for_loop_on`); with several ranks, this rank's shard: training drops the batches beyond
+        a multiple of the rank count (every rank takes the same steps), evaluation keeps them (their sums are added)."""
+        options, ranks = self._pipeline.for_loop_on(self._device), self._ranks
         remainder = "drop" if purpose == "train" else "keep"
-        return on_gpu.sharded(self._ranks.rank, self._ranks.world_size, remainder=remainder)
+        return options if ranks.world_size == 1 else options.sharded(ranks.rank, ranks.world_size, remainder=remainder)
 
     # ---- setup ---------------------------------------------------------------------------------------------------
 
