@@ -68,6 +68,13 @@ def test_loader_threads_copy_the_batches_to_the_device(workers, streamed):
                 assert on_device[key] == value, key
 
 
+def test_the_engine_loops_on_a_gpu_have_their_batches_copied_there():
+    options = PipelineOptions(limits=BatchLimits(60, 8))
+    assert options.for_loop_on("cuda:1").copy_to_device == "cuda:1"
+    assert options.for_loop_on("cpu").copy_to_device is None
+    assert options.copy_to_device is None  # forwarding and custom engines' data loaders keep host batches
+
+
 def test_without_loader_threads_the_batches_stay_in_host_memory():
     # the loop copies them (the engine's move_data_to_device), as it does for batches from worker processes
     options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=0, copy_to_device="meta")
