@@ -163,8 +163,8 @@ class _LoadQueue:
 
     def take(self) -> Optional[Batch]:
         """The oldest load's batch (waiting for it is a window for paced loaders: the loop needs no Python then); the
-        next one, needed next now, starts at once, and where it is not ready its loader stops waiting for a window."""
-        self._start(1)
+        next one, needed next now, starts at once, and where it is not ready its loader stops waiting for a window.
+        (The oldest load has always started: when it was queued as the only one, or when the one before was taken.)"""
         future = self._loads.popleft()[0]
         if future.done():
             batch = future.result()
