@@ -1,9 +1,10 @@
 """How close the engine's training loop comes to a hand-written PyTorch loop, and how often it syncs.
 
 Reference: a plain loop over the same batches, already collated in memory (no data loading at all), copying each
-to the device, doing forward, masked cross-entropy, backward and Adam steps. The engine runs the same model and loss
-from a dataset through its pipeline (a loader thread, pinned memory, the loader's copies to the device), its run
-context, loss tracking and updater.
+to the device, doing forward, masked cross-entropy, backward and Adam steps (torch's default implementation, as a
+hand-written loop has it). The engine runs the same model and loss from a dataset through its pipeline (a loader
+thread, pinned memory, the loader's copies to the device), its run context, loss tracking and updater (on a GPU,
+Adam with torch's fused kernels: the settings ``foreach`` and ``plain-fused`` compare like with like).
 Prints, for each setting against the plain loop timed alternately in the same run: frames/s and the ratio of median
 epochs, the median of paired ratios (with quartiles: the machine's noise), the ratio of per-step medians (each
 step's median over the repeats, summed: robust to stretches of a slower machine) with the loop thread's CPU time a
@@ -13,6 +14,7 @@ step, and the host-device synchronisations per epoch that ``torch.cuda.set_sync_
     python benchmarks/engine_overhead.py --layers 2 --batch-size 8000     # a small model: steps of a few ms
     python benchmarks/engine_overhead.py --layers 2 --batch-size 8000 --settings default unpaced preloaded \
         plain-pipeline                                                    # where a small model's time goes
+    python benchmarks/engine_overhead.py --layers 2 --batch-size 8000 --settings default foreach plain-fused
 """
 
 from __future__ import annotations
@@ -91,10 +93,13 @@ def masked_ce(model: nn.Module, data: Dict[str, torch.Tensor]):
     return (frame_losses * mask).sum(), lengths.sum()
 
 
-def plain_loop(model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]], device: str, paced: bool = True) -> float:
+def plain_loop(
+    model: nn.Module, batches: Iterable[Dict[str, torch.Tensor]], device: str, paced: bool = True, fused: bool = False
+) -> float:
     """Seconds for one epoch of the reference loop (batches pinned in memory already; or the pipeline's batches:
-    then the backward is a window for paced loader threads, as in the engine)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    then the backward is a window for paced loader threads, as in the engine). Adam as written by hand: torch's
+    default implementation (foreach); `fused`: with the fused kernels the engine chooses on a GPU."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused or None)
     total = torch.zeros((), device=device)
     start = time.perf_counter()
     with PACING.training(paced):
@@ -170,7 +175,7 @@ def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, wo
         "batch_size": args.batch_size,
         "max_seqs": 64,
         "num_epochs": 3,
-        "optimizer": {"class": "adam"},
+        "optimizer": {"class": "adam", "foreach": True} if worker_type == "foreach" else {"class": "adam"},
         "learning_rate": 1e-4,
         "torch_amp_options": {"dtype": "bfloat16"},
         "get_model": lambda epoch, step, **kw: Encoder(args.layers),
@@ -179,7 +184,7 @@ def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, wo
     }
     if worker_type == "unpaced":
         keys.update(data_loader_pacing=False)
-    elif worker_type not in ("default", "preloaded", "host-batches", "eager-submit"):
+    elif worker_type not in ("default", "preloaded", "host-batches", "eager-submit", "foreach"):
         keys.update(num_workers_per_gpu=workers, data_worker_type=worker_type if workers else "thread")
     engine_class = {"preloaded": PreloadedEngine, "host-batches": HostBatchesEngine}.get(worker_type, Engine)
     engine = engine_class(Config(keys))
@@ -202,8 +207,9 @@ def main() -> None:
         "preloaded (the engine loop over the plain loop's in-memory batches), unpaced (the default without loader "
         "pacing, see i6_minireturnn/data/loader_pacing.py), host-batches (the default, but the loop copies each batch "
         "to the device, not the loader), eager-submit (the default, but a loader gets its next batch at once, not "
-        "at the loop's next window), plain-pipeline (the plain loop over the default "
-        "pipeline's batches), plain-pipeline-unpaced",
+        "at the loop's next window), foreach (the default, but Adam's foreach implementation as in the plain loop, not "
+        "the fused kernels the engine chooses on a GPU), plain-fused (the plain loop with fused Adam: the engine's "
+        "optimizer), plain-pipeline (the plain loop over the default pipeline's batches), plain-pipeline-unpaced",
     )
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (Python's GIL hand-over)")
     parser.add_argument("--profile", metavar="FILE", help="write a torch.profiler table of one engine epoch here")
@@ -260,6 +266,8 @@ def main() -> None:
                     del PACING.at_next_window
             if setting in engines:
                 return engine_epoch(engines[setting], epoch)
+            if setting == "plain-fused":
+                return plain_loop(reference, batches_per_epoch[epoch], args.device, fused=True)
             paced = setting != "plain-pipeline-unpaced"
             return plain_loop(reference, EpochBatches(dataset, epoch, options), args.device, paced)
 

@@ -10,7 +10,7 @@ the update reads has a class-level default.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..log import log
 from .checkpoints import cpu_snapshot, load_file, save_torch_atomic
 from .lr_schedule import StepSchedule, step_schedule_from_config
+from .optimizer_implementation import default_implementation, load_optimizer_state
 
 UpdaterConfig = Union[Config, Dict[str, Any]]
 
@@ -83,13 +84,31 @@ def create_optimizer(
             f"Optimizer {cls.__name__} does not take {', '.join(unknown)}; it takes: {', '.join(accepted)}"
         )
     groups = param_groups(cls, options) if param_groups is not None else [{"params": list(model.parameters())}]
+    groups, params = _listed_params(groups)
     try:
-        optimizer = cls(groups, lr=learning_rate * multiplier, **options)
+        optimizer = cls(
+            groups, lr=learning_rate * multiplier, **options, **default_implementation(cls, options, params)
+        )
     except (TypeError, ValueError) as exc:
         raise _optimizer_argument_error(cls, options, exc, where, lr=learning_rate * multiplier) from None
     optimizer.lr_multiplier = multiplier  # type: ignore[attr-defined]
     print(f"Optimizer: {optimizer}", file=log.v4)
     return optimizer
+
+
+def _listed_params(groups: Any) -> Tuple[List[Any], List[torch.Tensor]]:
+    """`groups` as torch takes them (parameters, or dicts with ``params``; lists or iterators), with every iterator
+    made a list, and all their parameters."""
+    groups = list(groups)
+    params: List[torch.Tensor] = []
+    for group in groups:
+        if isinstance(group, dict) and "params" in group:  # (torch names a group without them)
+            listed = [group["params"]] if isinstance(group["params"], torch.Tensor) else list(group["params"])
+            group["params"] = listed
+            params.extend(listed)
+        elif isinstance(group, torch.Tensor):
+            params.append(group)
+    return groups, params
 
 
 def _optimizer_argument_error(
@@ -383,7 +402,8 @@ class Updater:
     def load_optimizer(self, filename: str) -> None:
         """Restores the optimizer state from an ``.opt.pt`` file."""
         print(f"Load optimizer {filename}", file=log.v4)
-        self.optimizer.load_state_dict(load_file(filename, map_location=self._device))
+        # read into host memory: load_optimizer_state puts each tensor where this run's implementation reads it
+        load_optimizer_state(self.optimizer, load_file(filename))
 
     def save_optimizer(self, filename: str) -> None:
         """Writes the optimizer state atomically (now, on the caller's thread; custom engines call this)."""
