@@ -55,6 +55,31 @@ def test_fused_kernels_are_chosen_only_where_the_config_leaves_the_choice_open()
         assert default_implementation(cls, options, on_gpu) == {}
 
 
+def test_parameter_groups_given_as_iterators_reach_the_optimizer_whole():
+    # Mini-RETURNN's custom updaters return parameters() or groups of generators; choosing the implementation
+    # looks at every parameter first, which must not use them up.
+    model = _model()
+
+    class OwnGroups(Updater):
+        def _get_optimizer_param_groups(self, optim_class, optimizer_opts):
+            weights = (p for p in model.parameters() if p.ndim == 2)
+            return iter(
+                [{"params": weights, "weight_decay": 0.1}, {"params": [p for p in model.parameters() if p.ndim == 1]}]
+            )
+
+    class AllParameters(Updater):
+        def _get_optimizer_param_groups(self, optim_class, optimizer_opts):
+            return model.parameters()
+
+    config = Config({"optimizer": {"class": "adamw"}})
+    own = OwnGroups(config=config, network=model, device="cpu")
+    own.create_optimizer()
+    assert [len(group["params"]) for group in own.optimizer.param_groups] == [2, 2]
+    every = AllParameters(config=config, network=model, device="cpu")
+    every.create_optimizer()
+    assert len(every.optimizer.param_groups[0]["params"]) == 4
+
+
 def test_a_stored_state_keeps_the_loading_runs_implementation(tmp_path):
     # A state written with fused kernels (here on the CPU), loaded by a run that uses torch's default: the run keeps
     # its implementation, and its next update equals the one the writing optimizer makes.
