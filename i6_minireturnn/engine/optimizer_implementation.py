@@ -17,14 +17,14 @@ training).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable
+from typing import Any, Dict, Sequence
 
 import torch
 
 IMPLEMENTATION_FLAGS = ("fused", "foreach")  # per-group optimizer options that choose an implementation only
 
 
-def default_implementation(cls: type, options: Dict[str, Any], params: Iterable[torch.Tensor]) -> Dict[str, Any]:
+def default_implementation(cls: type, options: Dict[str, Any], params: Sequence[torch.Tensor]) -> Dict[str, Any]:
     """Options to add for `cls` (an optimizer class) with the config's `options` over `params`: ``fused=True`` for
     torch's Adam and AdamW where every parameter is a floating-point tensor on a GPU and the config chooses no
     implementation (nor ``differentiable``, which the fused kernels do not support); nothing otherwise."""
@@ -32,7 +32,6 @@ def default_implementation(cls: type, options: Dict[str, Any], params: Iterable[
         return {}
     if any(flag in options for flag in IMPLEMENTATION_FLAGS) or options.get("differentiable"):
         return {}
-    params = list(params)
     if not params or not all(p.is_cuda and p.is_floating_point() for p in params):
         return {}
     return {"fused": True}
