@@ -4,7 +4,8 @@ Reference: a plain loop over the same batches, already collated in memory (no da
 to the device, doing forward, masked cross-entropy, backward and Adam steps (torch's default implementation, as a
 hand-written loop has it). The engine runs the same model and loss from a dataset through its pipeline (a loader
 thread, pinned memory, the loader's copies to the device), its run context, loss tracking and updater (on a GPU,
-Adam with torch's fused kernels: the settings ``foreach`` and ``plain-fused`` compare like with like).
+Adam with torch's fused kernels; its loop thread and torch's backward thread sharing one CPU: the settings
+``foreach``, ``unpinned``, ``plain-fused`` and ``plain-pinned`` compare like with like).
 Prints, for each setting against the plain loop timed alternately in the same run: frames/s and the ratio of median
 epochs, the median of paired ratios (with quartiles: the machine's noise), the ratio of per-step medians (each
 step's median over the repeats, summed: robust to stretches of a slower machine) with the loop thread's CPU time a
@@ -15,6 +16,7 @@ step, and the host-device synchronisations per epoch that ``torch.cuda.set_sync_
     python benchmarks/engine_overhead.py --layers 2 --batch-size 8000 --settings default unpaced preloaded \
         plain-pipeline                                                    # where a small model's time goes
     python benchmarks/engine_overhead.py --layers 2 --batch-size 8000 --settings default foreach plain-fused
+    python benchmarks/engine_overhead.py --layers 2 --batch-size 8000 --settings default unpinned plain-pinned
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from i6_minireturnn.data.loader_pacing import PACING
 from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
 from i6_minireturnn.engine.engine import Engine
 from i6_minireturnn.log import log
+from i6_minireturnn.thread_affinity import LOOP_PINNING
 
 FEATURES, CLASSES = 80, 40
 STEP_STARTS: List[float] = []  # when each step of the loop being timed began (both loops append)
@@ -184,6 +187,8 @@ def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, wo
     }
     if worker_type == "unpaced":
         keys.update(data_loader_pacing=False)
+    elif worker_type == "unpinned":
+        keys.update(pin_training_loop=False)
     elif worker_type not in ("default", "preloaded", "host-batches", "eager-submit", "foreach"):
         keys.update(num_workers_per_gpu=workers, data_worker_type=worker_type if workers else "thread")
     engine_class = {"preloaded": PreloadedEngine, "host-batches": HostBatchesEngine}.get(worker_type, Engine)
@@ -208,8 +213,10 @@ def main() -> None:
         "pacing, see i6_minireturnn/data/loader_pacing.py), host-batches (the default, but the loop copies each batch "
         "to the device, not the loader), eager-submit (the default, but a loader gets its next batch at once, not "
         "at the loop's next window), foreach (the default, but Adam's foreach implementation as in the plain loop, not "
-        "the fused kernels the engine chooses on a GPU), plain-fused (the plain loop with fused Adam: the engine's "
-        "optimizer), plain-pipeline (the plain loop over the default pipeline's batches), plain-pipeline-unpaced",
+        "the fused kernels the engine chooses on a GPU), unpinned (the default, but the loop's threads where the "
+        "scheduler puts them: pin_training_loop = False), plain-fused (the plain loop with fused Adam: the engine's "
+        "optimizer), plain-pinned (the plain loop with its threads on one CPU, as the engine's), "
+        "plain-pipeline (the plain loop over the default pipeline's batches), plain-pipeline-unpaced",
     )
     parser.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (Python's GIL hand-over)")
     parser.add_argument("--profile", metavar="FILE", help="write a torch.profiler table of one engine epoch here")
@@ -268,6 +275,9 @@ def main() -> None:
                 return engine_epoch(engines[setting], epoch)
             if setting == "plain-fused":
                 return plain_loop(reference, batches_per_epoch[epoch], args.device, fused=True)
+            if setting == "plain-pinned":
+                with LOOP_PINNING.pinned(torch.device(args.device).index or 0):
+                    return plain_loop(reference, batches_per_epoch[epoch], args.device)
             paced = setting != "plain-pipeline-unpaced"
             return plain_loop(reference, EpochBatches(dataset, epoch, options), args.device, paced)
 

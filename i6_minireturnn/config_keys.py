@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 KNOWN_CONFIG_KEYS = frozenset("""
     task device train dev eval_datasets forward forward_data eval search_data
     batch_size max_seqs max_seq_length min_seq_length chunking_options batch_drop_last
-    num_workers_per_gpu data_worker_type data_loader_pacing
+    num_workers_per_gpu data_worker_type data_loader_pacing pin_training_loop
     num_epochs start_epoch save_interval model load load_epoch import_model_train_epoch1 preload_from_files
     load_ignore_missing_vars allow_missing_optimizer_checkpoint allow_random_model_init cleanup_old_models
     store_checkpoints_in_background

@@ -301,6 +301,7 @@ RULES: Dict[str, Rule] = {
     "allow_random_model_init": _FLAG,
     "cleanup_old_models": _cleanup_old_models,
     "data_loader_pacing": _FLAG,  # default True: loader threads ahead of training work in its windows
+    "pin_training_loop": _FLAG,  # default True: on a GPU, the loop and its backward thread share one CPU
     "store_checkpoints_in_background": _FLAG,  # default True: a writer thread stores epochs while training goes on
     "output_file": path(),
     # config functions

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Op
 import torch
 import torch.utils.data
 
+from ..thread_affinity import LOOP_PINNING
 from .batching import group_into_batches
 from .chunking import cut
 from .collate import Batch, collate_batch, map_tensors
@@ -120,6 +121,8 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     loads = _LoadQueue(pool)
 
     def load(index: int, items: List[Item]) -> Batch:
+        LOOP_PINNING.keep_off_loop_cpu()  # a pinned training loop has its CPU to itself
+
         def ahead() -> bool:  # a batch after the one the loop needs next
             return index > loads.taken
 
@@ -212,6 +215,7 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
 
     def next_batch() -> Optional[Batch]:
         nonlocal produced
+        LOOP_PINNING.keep_off_loop_cpu()  # a pinned training loop has its CPU to itself
         batch = next(batches, None)
         if batch is not None:
             batch = to_device(batch, options.copy_to_device, pause)  # still batch `produced`: paced as its loading
@@ -270,8 +274,18 @@ def _loader_processes(source: torch.utils.data.Dataset, num_workers: int, option
         num_workers=num_workers,
         pin_memory=options.pin_memory,
         multiprocessing_context=_worker_context() if num_workers else None,
+        worker_init_fn=_keep_off_loop_cpu,
     )
-    yield from loader
+    batches = iter(loader)  # starts the workers and, with pin_memory, the loader's pinning thread
+    pin_thread = getattr(batches, "_pin_memory_thread", None)
+    if pin_thread is not None:
+        LOOP_PINNING.move_off_loop_cpu(pin_thread.native_id)
+    yield from batches
+
+
+def _keep_off_loop_cpu(worker_id: int) -> None:
+    # forked while a training loop is pinned, a worker process would inherit the loop's single CPU
+    LOOP_PINNING.keep_off_loop_cpu()
 
 
 def _worker_context() -> Optional[str]:

@@ -18,6 +18,7 @@ from typing import Any, Callable, ContextManager, Deque, Dict, Optional, Tuple
 import torch
 
 from ..log import log
+from ..thread_affinity import LOOP_PINNING
 from . import checkpoints
 from .stop_signals import StopRequested
 from .updater import Updater
@@ -141,6 +142,7 @@ class BackgroundStore:
                     continue
                 self._busy = True
             try:
+                LOOP_PINNING.keep_off_loop_cpu()  # written while the next epoch trains: not on its loop's CPU
                 job()
             except BaseException as exc:  # everything reaches the main thread; this thread only writes
                 add_note(exc, f"(while writing {description} in the background)")
