@@ -7,12 +7,14 @@ an H100 VM (torch 2.11, a hand-written loop, 2-layer Transformer, 8000-frame bat
 free to move, 4.8 ms with both on one CPU, 6.0 ms with each pinned to a CPU of its own. On one CPU the hand-over is a
 switch between two threads that never run at the same time (the loop waits while backward runs).
 
-Loader threads, the checkpoint writer and forked data workers stay off that CPU (:meth:`LoopPinning.keep_off_loop_cpu`),
-so that they neither take turns with the loop nor wait for it. Threads that the loop's thread itself starts while
-pinned (a thread started inside ``train_step``) share its CPU. Before pinning, torch's CPU thread pool is started
-(its threads keep the affinity they are created with). Linux only (``os.sched_setaffinity``); nothing elsewhere, and
-nothing where the process may use fewer than 2 CPUs. The masks are restored when the loop ends. The engine pins its
-training loop on a GPU unless the config says ``pin_training_loop = False``.
+Loader threads and the checkpoint writer stay off that CPU (:meth:`LoopPinning.keep_off_loop_cpu`), so that they
+neither take turns with the loop nor wait for it; so do processes forked while the loop is pinned (DataLoader
+workers) and threads the loop's thread starts before its second step (a DataLoader's pinning thread, a custom
+engine's loader; :meth:`LoopPinning.move_new_threads_off`). Threads it starts later share its CPU. Before pinning,
+torch's CPU thread pool is started (its threads keep the affinity they are created with). Linux only
+(``os.sched_setaffinity``); nothing elsewhere, and nothing where the process may use fewer than 2 CPUs. The masks
+(the loop's, the autograd thread's, those of the threads moved off) are restored when the loop ends. The engine pins
+its training loop on a GPU unless the config says ``pin_training_loop = False``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class LoopPinning:
         self._helper_mask: Optional[Set[int]] = None  # None: never pinned, helpers keep theirs
         self._generation = 0  # changes at every pin and unpin: helpers compare it to know when to update
         self._seen = threading.local()
+        self._loop_thread: Optional[int] = None
+        self._device_index: Optional[int] = None
+        self._threads_before: Set[str] = set()  # the process's threads when the loop was pinned
+        self._moved: List[int] = []  # threads moved off the loop's CPU, given every CPU back at the end
 
     @contextlib.contextmanager
     def pinned(self, device_index: Optional[int], *, local_rank: int = 0, local_world_size: int = 1) -> Iterator[None]:
@@ -95,6 +101,9 @@ class LoopPinning:
         cpu = chosen_cpu(allowed, local_rank=local_rank, local_world_size=local_world_size)
         _start_intra_op_threads()
         self._set_state(cpu, allowed - {cpu})
+        self._loop_thread, self._device_index = threading.get_native_id(), device_index
+        self._threads_before = set(os.listdir("/proc/self/task"))
+        self._moved = []
         try:
             os.sched_setaffinity(0, {cpu})
             self._set_autograd_masks(device_index, {cpu})  # one created later inherits the loop's mask
@@ -102,6 +111,9 @@ class LoopPinning:
         finally:
             os.sched_setaffinity(0, allowed)
             self._set_autograd_masks(device_index, allowed)
+            for tid in self._moved:
+                with contextlib.suppress(OSError):  # the thread ended meanwhile
+                    os.sched_setaffinity(tid, allowed)
             self._set_state(None, allowed)
 
     def keep_off_loop_cpu(self) -> None:
@@ -116,12 +128,24 @@ class LoopPinning:
             with contextlib.suppress(OSError):  # a CPU taken away meanwhile (cgroup change): keep the thread's mask
                 os.sched_setaffinity(0, mask)
 
-    def move_off_loop_cpu(self, native_id: int) -> None:
-        """Moves another thread (one started by the loop's thread, e.g. the DataLoader's pin-memory thread) off a
-        pinned loop's CPU; nothing where no loop is pinned."""
-        if self.loop_cpu is not None and self._helper_mask:
+    def move_new_threads_off(self) -> None:
+        """Called by the pinned loop's thread after its first step: the threads started since it was pinned (which
+        inherited its single CPU), other than torch's autograd thread for the device, move to the other CPUs."""
+        if self.loop_cpu is None:
+            return
+        keep = {str(self._loop_thread)} | {str(tid) for tid in autograd_threads(self._device_index or 0)}
+        for tid in set(os.listdir("/proc/self/task")) - self._threads_before - keep:
             with contextlib.suppress(OSError):  # the thread ended meanwhile
-                os.sched_setaffinity(native_id, self._helper_mask)
+                if os.sched_getaffinity(int(tid)) == {self.loop_cpu}:
+                    os.sched_setaffinity(int(tid), self._helper_mask)
+                    self._moved.append(int(tid))
+
+    def _after_fork_in_child(self) -> None:
+        # a process forked while a loop is pinned (a DataLoader worker) is no part of the loop
+        if self.loop_cpu is not None and self._helper_mask:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, self._helper_mask)
+            self._set_state(None, set())
 
     def _set_state(self, cpu: Optional[int], helper_mask: Set[int]) -> None:
         self.loop_cpu = cpu
@@ -138,3 +162,5 @@ class LoopPinning:
 
 
 LOOP_PINNING = LoopPinning()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=LOOP_PINNING._after_fork_in_child)

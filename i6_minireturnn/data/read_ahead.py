@@ -274,18 +274,8 @@ def _loader_processes(source: torch.utils.data.Dataset, num_workers: int, option
         num_workers=num_workers,
         pin_memory=options.pin_memory,
         multiprocessing_context=_worker_context() if num_workers else None,
-        worker_init_fn=_keep_off_loop_cpu,
     )
-    batches = iter(loader)  # starts the workers and, with pin_memory, the loader's pinning thread
-    pin_thread = getattr(batches, "_pin_memory_thread", None)
-    if pin_thread is not None:
-        LOOP_PINNING.move_off_loop_cpu(pin_thread.native_id)
-    yield from batches
-
-
-def _keep_off_loop_cpu(worker_id: int) -> None:
-    # forked while a training loop is pinned, a worker process would inherit the loop's single CPU
-    LOOP_PINNING.keep_off_loop_cpu()
+    yield from loader
 
 
 def _worker_context() -> Optional[str]:

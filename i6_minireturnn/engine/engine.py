@@ -487,6 +487,8 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
                 result = self.run_train_step(data, run_ctx)
         self._train_step += 1
         self._ranks.after_update(self._model, self._train_step)
+        if step_idx == 0:  # threads the first step started (a custom engine's loader) leave a pinned loop's CPU
+            LOOP_PINNING.move_new_threads_off()
         return result
 
     def run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int = 0) -> StepResult:

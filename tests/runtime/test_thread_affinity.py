@@ -86,6 +86,28 @@ def test_helper_threads_keep_off_the_loop_cpu_and_get_every_cpu_back_after():
 
 
 @needs_two_cpus
+def test_threads_the_loop_started_move_off_its_cpu_after_its_first_step():
+    allowed = os.sched_getaffinity(0)
+    stop = threading.Event()
+    earlier = threading.Thread(target=stop.wait)
+    earlier.start()
+    os.sched_setaffinity(earlier.native_id, {min(allowed)})  # a thread its owner placed itself: left alone
+    with LOOP_PINNING.pinned(None):
+        cpu = LOOP_PINNING.loop_cpu
+        started = threading.Thread(target=stop.wait)  # e.g. a DataLoader's pinning thread
+        started.start()
+        assert os.sched_getaffinity(started.native_id) == {cpu}
+        LOOP_PINNING.move_new_threads_off()
+        assert os.sched_getaffinity(started.native_id) == allowed - {cpu}
+        assert os.sched_getaffinity(0) == {cpu}
+        assert os.sched_getaffinity(earlier.native_id) == {min(allowed)}
+    assert os.sched_getaffinity(started.native_id) == allowed  # every CPU again once the loop ends
+    stop.set()
+    earlier.join()
+    started.join()
+
+
+@needs_two_cpus
 def test_checkpoints_are_written_off_the_loop_cpu():
     allowed = os.sched_getaffinity(0)
     store = BackgroundStore()
@@ -157,12 +179,16 @@ print(sorted(len(os.sched_getaffinity(t)) for t in threads), len(allowed))
 
 def _record_masks(*, model, data, run_ctx, **kwargs):
     autograd = autograd_threads(torch.cuda.current_device())
-    _record_masks.seen.append((os.sched_getaffinity(0), [_mask_of(t) for t in autograd]))
+    if not _record_masks.started:  # the first step starts a thread, as a custom engine's loader would
+        _record_masks.started.append(threading.Thread(target=_record_masks.stop.wait, daemon=True))
+        _record_masks.started[0].start()
+    started = _mask_of(_record_masks.started[0].native_id)
+    _record_masks.seen.append((os.sched_getaffinity(0), [_mask_of(t) for t in autograd], started, run_ctx.epoch))
     loss = model(data["data"].float()).sum()
     run_ctx.mark_as_loss(loss, "out")
 
 
-_record_masks.seen = []
+_record_masks.seen, _record_masks.started, _record_masks.stop = [], [], threading.Event()
 
 
 def _gpu_engine(**keys) -> Engine:
@@ -195,10 +221,17 @@ def test_a_gpu_training_loop_shares_one_cpu_with_its_backward_thread_and_gives_i
     allowed = os.sched_getaffinity(0)
     _record_masks.seen.clear()
     _train_epochs(_gpu_engine(), [1, 2])
-    loop_masks = [loop for loop, _ in _record_masks.seen]
+    _record_masks.stop.set()
+    loop_masks = [loop for loop, _, _, _ in _record_masks.seen]
     assert all(len(mask) == 1 and mask <= allowed for mask in loop_masks)
     # from the second step on the backward thread exists and runs on the loop's CPU (from the start, where it did)
-    assert all(autograd == [loop] for loop, autograd in _record_masks.seen[1:])
+    assert all(autograd == [loop] for loop, autograd, _, _ in _record_masks.seen[1:])
+    # the thread the first step started ran on the loop's CPU until that step ended, then on the others; in the next
+    # epoch (started before it) on all of them
+    first_epoch = [started for _, _, started, epoch in _record_masks.seen if epoch == 1]
+    assert len(first_epoch) > 1 and first_epoch[0] == loop_masks[0]
+    assert all(started == allowed - loop_masks[0] for started in first_epoch[1:])
+    assert all(started == allowed for _, _, started, epoch in _record_masks.seen if epoch == 2)
     assert os.sched_getaffinity(0) == allowed
     assert [_mask_of(t) for t in autograd_threads(torch.cuda.current_device())] == [allowed]
 
@@ -208,4 +241,4 @@ def test_pin_training_loop_false_leaves_the_threads_alone():
     allowed = os.sched_getaffinity(0)
     _record_masks.seen.clear()
     _train_epochs(_gpu_engine(pin_training_loop=False), [1])
-    assert all(loop == allowed for loop, _ in _record_masks.seen)
+    assert all(loop == allowed for loop, _, _, _ in _record_masks.seen)
