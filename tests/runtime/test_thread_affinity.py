@@ -138,10 +138,12 @@ def test_with_a_single_cpu_nothing_is_pinned():
 class _AffinityRecordingDataset(DummyDataset):
     """Each sequence's `data` holds the CPUs the process (or thread) that loaded it may run on."""
 
+    max_cpus = os.cpu_count() or 1
+
     def load_corpus_seq(self, corpus_idx):
         seq = super().load_corpus_seq(corpus_idx)
-        cpus = np.full((16, 2), -1, dtype="float32")
-        mask = sorted(os.sched_getaffinity(0))[:16]
+        mask = sorted(os.sched_getaffinity(0))
+        cpus = np.full((self.max_cpus, 2), -1, dtype="float32")
         cpus[: len(mask), 0] = mask
         return dict(seq, data=cpus)
 
@@ -150,8 +152,10 @@ class _AffinityRecordingDataset(DummyDataset):
 @pytest.mark.parametrize("worker_type", ["thread", "process"])
 def test_loaders_started_by_a_pinned_loop_run_off_its_cpu(worker_type):
     allowed = os.sched_getaffinity(0)
-    dataset = _AffinityRecordingDataset(input_dim=2, output_dim=3, num_seqs=6, seq_len=16, seq_ordering="default")
-    options = PipelineOptions(limits=BatchLimits(32, 2), num_workers=1, worker_type=worker_type)
+    dataset = _AffinityRecordingDataset(
+        input_dim=2, output_dim=3, num_seqs=6, seq_len=_AffinityRecordingDataset.max_cpus, seq_ordering="default"
+    )
+    options = PipelineOptions(limits=BatchLimits(4 * dataset.max_cpus, 2), num_workers=1, worker_type=worker_type)
     with LOOP_PINNING.pinned(None):
         cpu = LOOP_PINNING.loop_cpu
         batches = list(EpochBatches(dataset, 1, options))
@@ -188,7 +192,8 @@ def _record_masks(*, model, data, run_ctx, **kwargs):
     run_ctx.mark_as_loss(loss, "out")
 
 
-_record_masks.seen, _record_masks.started, _record_masks.stop = [], [], threading.Event()
+def _start_recording() -> None:
+    _record_masks.seen, _record_masks.started, _record_masks.stop = [], [], threading.Event()
 
 
 def _gpu_engine(**keys) -> Engine:
@@ -219,7 +224,7 @@ def _train_epochs(engine: Engine, epochs) -> None:
 @needs_two_cpus
 def test_a_gpu_training_loop_shares_one_cpu_with_its_backward_thread_and_gives_it_back():
     allowed = os.sched_getaffinity(0)
-    _record_masks.seen.clear()
+    _start_recording()
     _train_epochs(_gpu_engine(), [1, 2])
     _record_masks.stop.set()
     loop_masks = [loop for loop, _, _, _ in _record_masks.seen]
@@ -239,6 +244,7 @@ def test_a_gpu_training_loop_shares_one_cpu_with_its_backward_thread_and_gives_i
 @needs_cuda
 def test_pin_training_loop_false_leaves_the_threads_alone():
     allowed = os.sched_getaffinity(0)
-    _record_masks.seen.clear()
+    _start_recording()
     _train_epochs(_gpu_engine(pin_training_loop=False), [1])
+    _record_masks.stop.set()
     assert all(loop == allowed for loop, _, _, _ in _record_masks.seen)
