@@ -89,8 +89,8 @@ class LoopPinning:
     @contextlib.contextmanager
     def pinned(self, device_index: Optional[int], *, local_rank: int = 0, local_world_size: int = 1) -> Iterator[None]:
         """Runs the calling thread (the training loop's) and torch's autograd thread for CUDA device `device_index`
-        on one CPU for the duration; restores both masks after. Nothing where pinning is not supported, the process
-        may use fewer than 2 CPUs, or a loop is pinned already."""
+        on one CPU for the duration; restores their masks (and those of threads moved off) after. Nothing where
+        pinning is not supported, the process may use fewer than 2 CPUs, or a loop is pinned already."""
         if self.loop_cpu is not None or not pinning_supported():
             yield
             return
@@ -117,8 +117,8 @@ class LoopPinning:
             self._set_state(None, allowed)
 
     def keep_off_loop_cpu(self) -> None:
-        """Called by a helper thread (or a forked worker process) before each piece of work: while a loop is pinned,
-        it runs on the other CPUs; after, on all of them again. A few attribute reads where nothing changed."""
+        """Called by a helper thread (a loader, the checkpoint writer) before each piece of work: while a loop is
+        pinned, it runs on the other CPUs; after, on all of them again. A few attribute reads where nothing changed."""
         generation = self._generation
         if getattr(self._seen, "generation", 0) == generation:
             return
@@ -133,7 +133,8 @@ class LoopPinning:
         inherited its single CPU), other than torch's autograd thread for the device, move to the other CPUs."""
         if self.loop_cpu is None:
             return
-        keep = {str(self._loop_thread)} | {str(tid) for tid in autograd_threads(self._device_index or 0)}
+        autograd = autograd_threads(self._device_index) if self._device_index is not None else []
+        keep = {str(self._loop_thread)} | {str(tid) for tid in autograd}
         for tid in set(os.listdir("/proc/self/task")) - self._threads_before - keep:
             with contextlib.suppress(OSError):  # the thread ended meanwhile
                 if os.sched_getaffinity(int(tid)) == {self.loop_cpu}:
