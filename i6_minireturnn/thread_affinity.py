@@ -23,7 +23,7 @@ import contextlib
 import ctypes
 import os
 import threading
-from typing import Iterator, List, Optional, Set
+from typing import ContextManager, Iterator, List, Optional, Set
 
 import torch
 
@@ -42,6 +42,20 @@ def chosen_cpu(allowed: Set[int], *, local_rank: int = 0, local_world_size: int 
         return cpus[(local_rank % local_world_size) * len(cpus) // local_world_size]
     current = _current_cpu()
     return current if current in allowed else cpus[0]
+
+
+def pinned_training_loop(
+    device: str, *, enabled: bool, local_rank: int = 0, distributed: bool = False
+) -> ContextManager[None]:
+    """:meth:`LoopPinning.pinned` for a training loop on `device`: on a CUDA device where `enabled` (the config's
+    ``pin_training_loop``), else nothing. With `distributed`, the ranks on the node (``LOCAL_WORLD_SIZE``) take
+    distinct CPUs."""
+    torch_device = torch.device(device)
+    if torch_device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if distributed else 1
+    index = torch_device.index if torch_device.index is not None else torch.cuda.current_device()
+    return LOOP_PINNING.pinned(index, local_rank=local_rank, local_world_size=local_world_size)
 
 
 def _current_cpu() -> Optional[int]:

@@ -12,7 +12,6 @@ the ones that are only translations live in mini_returnn_names.py. Training and 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import inspect
@@ -20,7 +19,7 @@ import itertools
 import os
 import signal
 import time
-from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -32,7 +31,7 @@ from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
 from ..errors import CheckpointError, ConfigError
 from ..log import log
-from ..thread_affinity import LOOP_PINNING
+from ..thread_affinity import LOOP_PINNING, pinned_training_loop
 from . import checkpoints, resume
 from .background_store import BackgroundStore
 from .device import autocast, read_amp_dtype, resolve_device, seed_everything
@@ -364,7 +363,13 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
         pacing = PACING.training(self.config.bool("data_loader_pacing", True))  # see data/loader_pacing.py
-        with self._ranks.train_forward(self._model), pacing, self._pinned_loop():
+        pinning = pinned_training_loop(  # see thread_affinity.py
+            self._device,
+            enabled=self.config.bool("pin_training_loop", True),
+            local_rank=getattr(self._ranks, "local_rank", 0),
+            distributed=self._ranks.world_size > 1,
+        )
+        with self._ranks.train_forward(self._model), pacing, pinning:
             totals = self._step_loop(
                 self._same_steps_on_all_ranks(batches), self._train_one_step, run_ctx, tracker, report
             )
@@ -374,19 +379,6 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self._ranks.before_store(self._model)
         reset_run_ctx()
         self._finish_train_epoch(totals, tracker.num_steps, report.watch.elapsed(), report.busy_share())
-
-    def _pinned_loop(self) -> ContextManager[None]:
-        """On a GPU, the training loop's thread and torch's backward thread for the GPU share one CPU for the loop
-        (see thread_affinity.py); ``pin_training_loop = False`` leaves the threads where the scheduler puts them."""
-        device = torch.device(self._device)
-        if device.type != "cuda" or not self.config.bool("pin_training_loop", True):
-            return contextlib.nullcontext()
-        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self._ranks.world_size > 1 else 1
-        return LOOP_PINNING.pinned(
-            device.index if device.index is not None else torch.cuda.current_device(),
-            local_rank=getattr(self._ranks, "local_rank", 0),
-            local_world_size=local_world_size,
-        )
 
     def _same_steps_on_all_ranks(self, batches: EpochBatches) -> Iterable[Dict[str, Any]]:
         """A planned epoch gives every rank the same number of batches; a streamed one (a dataset without cheap
