@@ -4,48 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Optional
 
-REPO = Path(__file__).resolve().parents[2]
-_NOT_COPIED = {".git", "work", "output", "alias", "demo_output", "__pycache__", ".pytest_cache", "i6_core"}
-
-
-def _user_setup(tmp_path: Path) -> Path:
-    """A copy of the repository root as a user has it: unmodified settings.py, i6_core cloned as recipe/i6_core
-    (here a link to the i6_core this test environment has), an empty work folder."""
-    folder = tmp_path / "setup"
-    shutil.copytree(
-        REPO, folder, ignore=lambda d, names: [n for n in names if n in _NOT_COPIED or n.startswith(".venv")]
-    )
-    i6_core = importlib.util.find_spec("i6_core").submodule_search_locations[0]
-    (folder / "recipe" / "i6_core").symlink_to(Path(i6_core).resolve(), target_is_directory=True)
-    (folder / "work").mkdir()
-    return folder
-
-
-def _sis_manager(folder: Path, recipe: str, timeout: int = 600, answer: Optional[str] = None) -> str:
-    """`sis manager -r RECIPE` as the README says: the console script of this environment, from the setup's root,
-    no PYTHONPATH help, no input (or the `answer` a user types at Sisyphus' prompt). Returns the manager's output
-    (its exit status is 0 even when jobs fail)."""
-    sis = Path(sys.executable).parent / "sis"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [str(sis if sis.exists() else shutil.which("sis")), "manager", "-r", recipe],
-        cwd=folder, input=answer, stdin=None if answer else subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=timeout, env=env,
-    )  # fmt: skip
-    return done.stdout + done.stderr
-
-
-def _failed_jobs(folder: Path) -> list:
-    """Job folders with an error marker: Sisyphus writes `error.<task>.<n>` where a task failed."""
-    return sorted({str(p.parent.relative_to(folder / "work")) for p in (folder / "work").rglob("error.*")})
+from .sis_setup import failed_jobs as _failed_jobs
+from .sis_setup import sis_manager as _sis_manager
+from .sis_setup import user_setup as _user_setup
 
 
 def test_demo_pipeline_runs_to_the_end_and_a_rerun_starts_nothing(tmp_path):
