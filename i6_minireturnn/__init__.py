@@ -1,3 +1,3 @@
 """Mini-RETURNN runtime: runs RETURNN/Mini-RETURNN-style PyTorch configs (train, eval, forward)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -168,6 +168,7 @@ def _preload_from_files(value: Any) -> None:
             "ignore_params_prefixes": _names,
             "var_name_mapping": dict_of(text(), key_rule=text(), what="{new name: name in the checkpoint}"),
             "checkpoint_key": text(),
+            "use_cache_manager": boolean(),  # default: the top-level use_cache_manager
         },
         required=["filename"],
         closed=False,  # RETURNN has further (TF) options; the loader ignores them
@@ -296,6 +297,9 @@ RULES: Dict[str, Rule] = {
     "load": path(),
     "import_model_train_epoch1": path(),
     "preload_from_files": _preload_from_files,
+    # default True: load, import_model_train_epoch1 and preload_from_files files go through the cache manager (`cf`);
+    # datasets have their own use_cache_manager option, which this key does not change
+    "use_cache_manager": _FLAG,
     "load_ignore_missing_vars": _FLAG,
     "allow_missing_optimizer_checkpoint": _FLAG,
     "allow_random_model_init": _FLAG,
@@ -374,7 +378,9 @@ RULES: Dict[str, Rule] = {
     "log_progress_interval": number(0),
     "log_progress_file": path(),
     "use_tensorboard": _FLAG,
-    "tensorboard_opts": options({"log_dir": path(), "log_every_n_train_steps": integer(1)}, what="tensorboard_opts"),
+    "tensorboard_opts": options(
+        {"log_dir": path(), "log_every_n_train_steps": integer(1), "required": _FLAG}, what="tensorboard_opts"
+    ),
     "check_unused_config_keys": _FLAG,
     "backend": text(),
     "use_tensorflow": _FLAG,
@@ -385,7 +391,6 @@ RULES: Dict[str, Rule] = {
 NOT_CHECKED: Dict[str, str] = {
     "search_data": "RETURNN's search dataset; nothing in this runtime reads it",
     "torch_distributed": "a dict of options, checked with the launch environment (engine/distributed.py)",
-    "use_cache_manager": "a dataset option; at the top level nothing reads it",
     "target": "TensorFlow only; accepted and ignored",
     "extern_data": "RETURNN mainline / TensorFlow; accepted and ignored (mainline step functions are refused)",
     "num_inputs": "TensorFlow only; accepted and ignored",

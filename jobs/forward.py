@@ -24,7 +24,8 @@ JOB_CONTROLLED_KEYS = {
 
 class MiniReturnnForwardJob(Job):
     """Forwards a dataset through a trained model with the config's ``forward_step`` and hooks, in one process (one
-    GPU or the CPU): the forward hooks write their files from that one process."""
+    GPU or the CPU): the forward hooks write their files from that one process. The run task resumes: a killed
+    worker is resubmitted and forwards again from the start."""
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class MiniReturnnForwardJob(Job):
 
     def tasks(self) -> Iterator[Task]:
         yield Task("create_files", mini_task=True)
-        yield Task("run", rqmt=self.rqmt)
+        yield Task("run", resume="run", rqmt=self.rqmt)
 
     def create_files(self) -> None:
         """Writes the config, with ``load`` pointing at the checkpoint."""
@@ -77,7 +78,12 @@ class MiniReturnnForwardJob(Job):
         write_runtime_config(config, self.out_returnn_config_file.get_path())
 
     def run(self) -> None:
-        """Forwards, then moves every declared output into place; a missing one fails the job, naming it."""
+        """Forwards, then moves every declared output into place; a missing one fails the job, naming it. A run
+        restarted after its worker was killed starts over: what the killed run's hooks left is removed first, so
+        that no half-written file becomes an output."""
+        for name in self.output_files:
+            if os.path.lexists(name):
+                os.remove(name)
         command = runtime_command(python_executable(self.python_exe), self.out_returnn_config_file.get_path())
         subprocess.check_call(command, env=runtime_env(self.rqmt["cpu"]))
         missing = [name for name in self.output_files if not os.path.exists(name)]

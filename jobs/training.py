@@ -4,7 +4,9 @@ process or, through torchrun, in several on one or more nodes (see :mod:`jobs.di
 from __future__ import annotations
 
 import copy
+import functools
 import os
+import shutil
 import stat
 import subprocess
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
@@ -14,6 +16,7 @@ from i6_core.returnn.training import PtCheckpoint
 from sisyphus import Job, Task, tk
 from sisyphus import global_settings as gs
 
+from i6_minireturnn.atomic_file import atomic_path
 from i6_minireturnn.errors import FileFormatError
 from i6_minireturnn.file_formats import model_path, read_learning_rate_file
 from i6_minireturnn.tools.plot_training import write_plots
@@ -46,7 +49,12 @@ TENSORBOARD_DIR = "tensorboard"
 
 class MiniReturnnTrainingJob(Job):
     """Trains with ``python -m i6_minireturnn returnn.config``; a rerun (or a restart after preemption) continues
-    from the newest checkpoint. Outputs are those of i6_core's torch training job, so downstream jobs take them.
+    from the newest checkpoint. Outputs are those of i6_core's torch training job, so downstream jobs take them; all
+    are real files in ``output/`` (none points into ``work/``), so they stay valid after Sisyphus' cleanup.
+
+    ``num_epochs`` is hashed, as in i6_core: a finished job is final in Sisyphus (its downstream jobs have read its
+    outputs), so more epochs are a new job. ``continue_from=<the finished job>`` makes that job train only the new
+    epochs, from the earlier job's stored checkpoints and scores.
 
     Several processes (``num_processes`` or i6_core's ``horovod_num_processes``, on one node or, with
     ``multi_node_slots``, on several) are started with torchrun and train with torch.distributed; the arguments,
@@ -72,12 +80,14 @@ class MiniReturnnTrainingJob(Job):
         python_exe: Optional[tk.Path] = None,
         returnn_python_exe: Optional[tk.Path] = None,
         tensorboard: bool = True,
+        continue_from: Optional[MiniReturnnTrainingJob] = None,
     ):
         """
         :param returnn_config: i6_core ReturnnConfig with the model code (e.g. a serialization Collection)
         :param log_verbosity: runtime log verbosity 1-5 (not hashed)
         :param device: "gpu" or "cpu" (not hashed)
-        :param num_epochs: epochs to train (not hashed: raising it continues the training)
+        :param num_epochs: epochs to train (hashed, as in i6_core; to train further without repeating epochs, see
+            `continue_from`)
         :param save_interval: store a checkpoint every n epochs (and the last one)
         :param keep_epochs: None keeps every stored epoch. A list turns the cleanup on: after each epoch, stored
             epochs are deleted except the listed ones, the 2 newest, the 4 best by each score in the learning_rates
@@ -100,9 +110,13 @@ class MiniReturnnTrainingJob(Job):
         :param python_exe: Python to run the runtime with (default: the manager's); not hashed
         :param returnn_python_exe: i6_core's name for python_exe, so that existing setups switch by changing the
             class name (and dropping returnn_root); not hashed
-        :param tensorboard: TensorBoard scalars into the work folder's ``tensorboard`` folder (needs the tensorboard
-            package where the runtime runs: the ``tensorboard`` extra); not hashed. A config that sets
-            ``use_tensorboard`` itself decides
+        :param tensorboard: TensorBoard scalars into the work folder's ``tensorboard`` folder, where the tensorboard
+            package is installed on the node (else one warning line in the log and the training goes on); not hashed.
+            A config that sets ``use_tensorboard`` itself decides (and then needs the package)
+        :param continue_from: a finished training of fewer epochs to continue: its stored checkpoints (hard links, or
+            copies across filesystems) and scores start this job's model folder and learning_rates file, so only
+            epochs after its ``num_epochs`` are trained. Hashed (the job it continues); the config may differ (e.g. a
+            new learning-rate schedule for the added epochs)
         """
         refuse_job_controlled_keys(returnn_config, JOB_CONTROLLED_KEYS, "MiniReturnnTrainingJob")
         if device not in ("gpu", "cpu"):
@@ -113,8 +127,17 @@ class MiniReturnnTrainingJob(Job):
             multi_node_slots=multi_node_slots,
             distributed_launch_cmd=distributed_launch_cmd,
         )
+        if continue_from is not None and num_epochs <= continue_from.num_epochs:
+            raise ValueError(
+                f"continue_from trained {continue_from.num_epochs} epochs: num_epochs must be larger, got {num_epochs}"
+            )
         self.num_epochs = num_epochs
         self.save_interval = save_interval
+        # The earlier training's outputs (inputs of this job, so Sisyphus waits for them), not the job object.
+        self.continue_from_model_dir = continue_from.out_model_dir if continue_from is not None else None
+        self.continue_from_learning_rates = continue_from.out_learning_rates if continue_from is not None else None
+        earlier = sorted(continue_from.out_checkpoints) if continue_from is not None else []
+        first_new = continue_from.num_epochs + 1 if continue_from is not None else 1
         self.keep_epochs = sorted(set(keep_epochs)) if keep_epochs is not None else None
         self.device = device
         self.num_processes = num_processes if num_processes is not None else horovod_num_processes
@@ -135,7 +158,7 @@ class MiniReturnnTrainingJob(Job):
         self.out_returnn_config_file = self.output_path("returnn.config")
         self.out_learning_rates = self.output_path("learning_rates")
         self.out_model_dir = self.output_path("models", directory=True)
-        stored = [e for e in range(1, num_epochs + 1) if e % save_interval == 0 or e == num_epochs]
+        stored = earlier + [e for e in range(first_new, num_epochs + 1) if e % save_interval == 0 or e == num_epochs]
         kept = stored if self.keep_epochs is None else [e for e in stored if e in self.keep_epochs or e == num_epochs]
         self.out_checkpoints = {
             e: PtCheckpoint(self.output_path(model_path(f"models/{MODEL_PREFIX}", e))) for e in kept
@@ -166,9 +189,9 @@ class MiniReturnnTrainingJob(Job):
         tensorboard: bool = False,
     ) -> ReturnnConfig:
         """The config the runtime gets: job settings in the (unhashed) post_config, among them the progress file
-        (:meth:`info`) and, with `tensorboard`, TensorBoard into the work folder unless the config sets
-        ``use_tensorboard``; with several processes also ``torch_distributed = {}`` (the runtime's request for
-        distributed training) unless the config sets it."""
+        (:meth:`info`) and, with `tensorboard`, TensorBoard into the work folder where the package is installed
+        unless the config sets ``use_tensorboard``; with several processes also ``torch_distributed = {}`` (the
+        runtime's request for distributed training) unless the config sets it."""
         config = copy.deepcopy(returnn_config)
         config.config = {"task": "train", "learning_rate_file": LEARNING_RATE_FILE, **config.config}
         post_config = {
@@ -182,7 +205,9 @@ class MiniReturnnTrainingJob(Job):
         }
         if tensorboard and "use_tensorboard" not in config.config and "use_tensorboard" not in post_config:
             post_config["use_tensorboard"] = True
-            post_config.setdefault("tensorboard_opts", {"log_dir": TENSORBOARD_DIR})
+            # Turned on by the job, not asked for by the config: a node without the package warns and trains on.
+            opts = post_config.get("tensorboard_opts") or config.config.get("tensorboard_opts") or {}
+            post_config["tensorboard_opts"] = {"log_dir": TENSORBOARD_DIR, "required": False, **opts}
         if keep_epochs is not None:
             # As i6_core: the listed epochs in addition to the runtime's default cleanup (the 2 newest and the 4 best
             # per dev score), so that best-epoch selection downstream always finds its file. A post_config
@@ -203,7 +228,9 @@ class MiniReturnnTrainingJob(Job):
 
     def tasks(self) -> Iterator[Task]:
         yield Task("create_files", mini_task=True)
-        yield Task("run", resume="run", rqmt=self.rqmt, update_rqmt=update_rqmt)
+        # The cap: at most a week, and at most 4x the memory the job asked for (a leak must not grow without end).
+        resubmit = functools.partial(update_rqmt, max_mem=4 * float(self.rqmt["mem"]))
+        yield Task("run", resume="run", rqmt=self.rqmt, update_rqmt=resubmit)
         yield Task("plot", resume="plot", mini_task=True)
 
     def _rendezvous(self, env: Mapping[str, str]) -> Optional[Rendezvous]:
@@ -233,8 +260,11 @@ class MiniReturnnTrainingJob(Job):
 
     def create_files(self) -> None:
         """Writes the config and ``rnn.sh``, which reruns the training by hand from the work folder (on several nodes:
-        on every node of a Slurm allocation, e.g. with srun)."""
+        on every node of a Slurm allocation, e.g. with srun); with `continue_from`, starts the model folder and the
+        learning_rates file from the earlier training's."""
         write_runtime_config(self.returnn_config, self.out_returnn_config_file.get_path())
+        if self.continue_from_model_dir is not None:
+            self._take_earlier_epochs()
         script = os.path.abspath("rnn.sh")
         env = runtime_env(self.rqmt["cpu"] // self.layout.per_node)
         exports = "".join(
@@ -249,9 +279,26 @@ class MiniReturnnTrainingJob(Job):
             )
         os.chmod(script, os.stat(script).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
+    def _take_earlier_epochs(self) -> None:
+        """The earlier training's epoch files into this job's model folder (hard links: no copy, and the earlier job
+        keeps its own; copies where the filesystems differ) and its learning_rates file as this run's, so that the
+        runtime resumes after its last epoch. Files already here (a repeated mini task) stay."""
+        source = self.continue_from_model_dir.get_path()
+        target = self.out_model_dir.get_path()
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir(source)):
+            if not name.startswith(MODEL_PREFIX + ".") or os.path.exists(os.path.join(target, name)):
+                continue
+            try:
+                os.link(os.path.join(source, name), os.path.join(target, name))
+            except OSError:  # another filesystem, or links not allowed there
+                _copy_atomic(os.path.join(source, name), os.path.join(target, name))
+        if not os.path.exists(LEARNING_RATE_FILE):
+            _copy_atomic(self.continue_from_learning_rates.get_path(), os.path.abspath(LEARNING_RATE_FILE))
+
     def run(self) -> None:
-        """Trains (continuing from the newest checkpoint if any) and checks every declared output exists (on several
-        nodes, node rank 0 checks)."""
+        """Trains (continuing from the newest checkpoint if any), copies the learning_rates file into ``output/`` and
+        checks every declared output exists (on several nodes, node rank 0 does)."""
         rendezvous = self._rendezvous(os.environ)
         subprocess.check_call(self._command(rendezvous), env=runtime_env(self.rqmt["cpu"] // self.layout.per_node))
         if rendezvous is not None and rendezvous.node_rank != 0:
@@ -259,10 +306,8 @@ class MiniReturnnTrainingJob(Job):
         learning_rates = os.path.abspath(LEARNING_RATE_FILE)
         if not os.path.exists(learning_rates):
             raise FileNotFoundError(f"The training wrote no {learning_rates}")
-        target = self.out_learning_rates.get_path()
-        if os.path.lexists(target):
-            os.remove(target)
-        os.symlink(learning_rates, target)
+        # A copy, not a link into work/: Sisyphus' cleanup deletes work/, and downstream jobs read this file later.
+        _copy_atomic(learning_rates, self.out_learning_rates.get_path())
         missing = [str(c) for c in self.out_checkpoints.values() if not os.path.exists(str(c))]
         if missing:
             raise FileNotFoundError(f"The training ended without the declared checkpoints: {missing}")
@@ -330,15 +375,18 @@ class MiniReturnnTrainingJob(Job):
 
     @classmethod
     def hash(cls, kwargs: Dict[str, Any]) -> str:
-        # num_epochs, device, log_verbosity, requirements, python_exe and how the processes are launched (launch
-        # command, nodes, rendezvous port) do not change the trained model's identity (raising num_epochs continues
-        # the same training); the hashed config part, the storing settings and the number of processes do, the latter
-        # whichever of its two names gives it.
+        # device, log_verbosity, requirements, python_exe, tensorboard and how the processes are launched (launch
+        # command, nodes, rendezvous port) do not change the trained model; the hashed config part, num_epochs (a
+        # finished job is final: more epochs are another job), the storing settings, the job continued from and the
+        # number of processes do, the latter whichever of its two names gives it.
         d: Dict[str, Any] = {
             "returnn_config": kwargs["returnn_config"],
+            "num_epochs": kwargs["num_epochs"],
             "save_interval": kwargs["save_interval"],
             "keep_epochs": sorted(set(kwargs["keep_epochs"])) if kwargs["keep_epochs"] is not None else None,
         }
+        if kwargs.get("continue_from") is not None:
+            d["continue_from"] = kwargs["continue_from"]
         num_processes = kwargs["num_processes"]
         if num_processes is None:
             num_processes = kwargs.get("horovod_num_processes")
@@ -347,10 +395,31 @@ class MiniReturnnTrainingJob(Job):
         return super().hash(d)
 
 
-def update_rqmt(last_rqmt: Dict[str, Any], last_usage: Dict[str, Any]) -> Dict[str, Any]:
-    """Sisyphus calls this for an interrupted run: 1.5x time (at most a week) and 1.25x memory, so a resubmitted
-    training that ran out of either gets further (it continues from its newest checkpoint)."""
+# A run that used this share of its time or memory counts as having run out of it: Sisyphus' usage file is written
+# periodically, so the last figures it holds fall a little short of the limit that stopped the run.
+NEAR_LIMIT = 0.9
+MAX_TIME_HOURS = 168.0
+
+
+def update_rqmt(
+    last_rqmt: Dict[str, Any], last_usage: Dict[str, Any], *, max_mem: Optional[float] = None
+) -> Dict[str, Any]:
+    """The requirements of a resubmitted run, from what the last run used (Sisyphus' usage file of the task, plus
+    the engine's ``out_of_time`` / ``out_of_memory``): 1.5x time only where it hit its time limit (at most a week),
+    1.5x memory only where it ran out of memory (at most `max_mem` GB); a preempted or killed run that was far from
+    both gets the same requirements again. The training continues from its newest checkpoint either way."""
     rqmt = dict(last_rqmt)
-    rqmt["time"] = min(float(last_rqmt.get("time", 1)) * 1.5, 168.0)
-    rqmt["mem"] = float(last_rqmt.get("mem", 1)) * 1.25
+    time_limit, used_time = float(last_rqmt.get("time") or 0), float(last_usage.get("used_time") or 0)
+    if time_limit and (last_usage.get("out_of_time") or used_time >= NEAR_LIMIT * time_limit):
+        rqmt["time"] = min(time_limit * 1.5, max(MAX_TIME_HOURS, time_limit))
+    mem_limit = float(last_rqmt.get("mem") or 0)
+    used_mem = float((last_usage.get("max") or {}).get("rss") or 0)
+    if mem_limit and (last_usage.get("out_of_memory") or used_mem >= NEAR_LIMIT * mem_limit):
+        rqmt["mem"] = min(mem_limit * 1.5, max(max_mem or float("inf"), mem_limit))
     return rqmt
+
+
+def _copy_atomic(source: str, target: str) -> None:
+    """Copies `source` to `target` so that `target` is never seen half-written (temp file + rename)."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)

@@ -16,7 +16,9 @@ A run that continues a stored training hides the earlier run's events after its 
 that is trained again), so the curves show each step once.
 
 The ``tensorboard`` package is an optional extra (``pip install 'i6-minireturnn[tensorboard]'``); a config that asks
-for TensorBoard without it stops at the start with that message.
+for TensorBoard without it stops at the start with that message, unless ``tensorboard_opts`` says ``"required": False``
+(the training job's own default): then one warning line and the run goes on without TensorBoard, because a missing
+optional package on one node must not cost a training.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from ..errors import ConfigError
+from ..log import log
 
 if TYPE_CHECKING:
     from ..config import Config
 
-_OPTIONS = ("log_dir", "log_every_n_train_steps")
+_OPTIONS = ("log_dir", "log_every_n_train_steps", "required")
 
 
 class TensorBoardWriter:
@@ -60,6 +63,18 @@ class TensorBoardWriter:
                 f"tensorboard_opts['log_every_n_train_steps'] must be a positive integer, got {every!r} "
                 f"in {config.where()}"
             )
+        required = opts.get("required", True)
+        if not isinstance(required, bool):
+            raise ConfigError(
+                f"tensorboard_opts['required'] must be True or False, got {required!r} in {config.where()}"
+            )
+        if not required and not tensorboard_installed():
+            print(
+                "WARNING: TensorBoard is off: the tensorboard package is not installed where this run runs "
+                "(pip install tensorboard to get its events; the training goes on without them)",
+                file=log.v2,
+            )
+            return None
         require_tensorboard("use_tensorboard = True in " + config.where())
         return cls(opts.get("log_dir"), every_n_train_steps=every)
 
@@ -95,11 +110,18 @@ class TensorBoardWriter:
         return self._writer
 
 
+def tensorboard_installed() -> bool:
+    """Whether the ``tensorboard`` package (which torch.utils.tensorboard needs) can be imported."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def require_tensorboard(who: str) -> None:
     """Raises a ConfigError naming `who` and the extra to install when the ``tensorboard`` package is missing."""
-    try:
-        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
-    except ImportError:
+    if not tensorboard_installed():
         raise ConfigError(
             f"{who} needs the tensorboard package: pip install 'i6-minireturnn[tensorboard]' (or pip install "
             "tensorboard)"

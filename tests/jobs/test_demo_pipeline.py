@@ -210,7 +210,7 @@ def test_killed_training_resumes_and_finishes(tmp_path, monkeypatch):
     job.create_files()
     process = subprocess.Popen([str(base / "work" / "rnn.sh")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = base / "output" / "models" / "epoch.001.pt"
-    learning_rates = base / "work" / LEARNING_RATE_FILE  # the run's own file (linked into output/ at the end)
+    learning_rates = base / "work" / LEARNING_RATE_FILE  # the run's own file (copied into output/ at the end)
     deadline = time.time() + 120
     while not _has_epoch_entry(learning_rates, 1) and time.time() < deadline:
         time.sleep(0.05)

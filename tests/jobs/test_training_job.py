@@ -53,7 +53,8 @@ def job_id(config=None, **kwargs):
 
 
 def test_literal_hash():
-    assert job_id() == "jobs/training/MiniReturnnTrainingJob.ZsHyJoXE3NKM"
+    # num_epochs is hashed since 0.2.0 (0.1: ZsHyJoXE3NKM for any num_epochs), see README "Longer trainings"
+    assert job_id() == "jobs/training/MiniReturnnTrainingJob.jJPc0NjI774f"
 
 
 def test_hash_same_in_other_processes_and_folders(tmp_path):
@@ -68,7 +69,7 @@ def test_hash_ignores_order_post_config_and_run_settings():
     reference = job_id()
     assert job_id(make_config(order=-1)) == reference
     assert job_id(make_config(post_config={"stop_on_nonfinite_train_score": False})) == reference
-    assert job_id(num_epochs=10, device="gpu", log_verbosity=5, time_rqmt=80, mem_rqmt=32, cpu_rqmt=8) == reference
+    assert job_id(device="gpu", log_verbosity=5, time_rqmt=80, mem_rqmt=32, cpu_rqmt=8, tensorboard=False) == reference
     assert job_id(python_exe=None) == reference
 
 
@@ -79,6 +80,8 @@ def test_hash_follows_what_changes_results():
     assert job_id(keep_epochs=[1]) != reference
     assert job_id(save_interval=2) != reference
     assert job_id(num_processes=2) != reference
+    # as in i6_core: a finished job is final, so more epochs are another job (two lengths in one graph are two jobs)
+    assert job_id(num_epochs=3) != reference
 
 
 @pytest.mark.parametrize("key", ["num_epochs", "device", "log_verbosity", "model"])
@@ -156,11 +159,50 @@ def test_existing_setups_switch_by_class_name():
     assert job.job_id() == job_id()
 
 
-def test_update_rqmt_raises_time_and_memory():
+def _usage(used_time=0.01, rss=0.3, **flags):
+    """The usage Sisyphus hands to update_rqmt: its worker's usage file (hours, GB) plus the engine's flags."""
+    return {"max": {"rss": rss, "vms": 2 * rss, "cpu": 90.0}, "used_time": used_time, **flags}
+
+
+def test_update_rqmt_keeps_the_requirements_of_a_run_that_did_not_run_out():
     from jobs.training import update_rqmt
 
-    assert update_rqmt({"time": 4, "mem": 8, "cpu": 2}, {}) == {"time": 6.0, "mem": 10.0, "cpu": 2}
-    assert update_rqmt({"time": 150, "mem": 8}, {})["time"] == 168.0
+    rqmt = {"time": 4.0, "mem": 8.0, "cpu": 2, "gpu": 1}
+    for _ in range(4):  # four preemptions of a run that used 0.01 h and 0.3 GB
+        rqmt = update_rqmt(rqmt, _usage(), max_mem=32)
+    assert rqmt == {"time": 4.0, "mem": 8.0, "cpu": 2, "gpu": 1}
+
+
+def test_update_rqmt_raises_only_what_ran_out_within_the_caps():
+    from jobs.training import update_rqmt
+
+    rqmt = {"time": 4.0, "mem": 8.0, "cpu": 2}
+    assert update_rqmt(rqmt, _usage(used_time=1.0, out_of_time=True), max_mem=32) == {**rqmt, "time": 6.0}
+    assert update_rqmt(rqmt, _usage(used_time=3.9), max_mem=32) == {**rqmt, "time": 6.0}  # at its limit
+    assert update_rqmt(rqmt, _usage(rss=2.0, out_of_memory=True), max_mem=32) == {**rqmt, "mem": 12.0}
+    assert update_rqmt(rqmt, _usage(rss=7.8), max_mem=32) == {**rqmt, "mem": 12.0}
+    assert update_rqmt({"time": 150.0, "mem": 30.0}, _usage(150, 29.9), max_mem=32) == {"time": 168.0, "mem": 32}
+    assert update_rqmt({"time": 200.0, "mem": 40.0}, _usage(200, 40, out_of_memory=True), max_mem=32) == {
+        "time": 200.0,  # never less than asked for
+        "mem": 40.0,
+    }
+
+
+def test_resubmission_requirements_come_from_the_usage_sisyphus_recorded(tmp_path, monkeypatch):
+    # Sisyphus' own Task.update_rqmt reads the task's usage file and calls the job's update_rqmt with it.
+    from sisyphus import global_settings
+
+    monkeypatch.setattr(global_settings, "WORK_DIR", str(tmp_path / "work"))
+    job = MiniReturnnTrainingJob(make_config(batch_size=26), num_epochs=2, device="cpu", time_rqmt=2, mem_rqmt=3)
+    job._sis_setup_directory()
+    run = next(t for t in job._sis_tasks() if t.name() == "run")
+    usage_file = Path(run.get_process_logging_path(1))
+    last = {"time": 2, "mem": 3, "cpu": 2, "gpu": 0}
+    usage_file.write_text(repr(_usage(used_time=0.2, rss=0.5)))
+    assert run.update_rqmt(last, 1) == {"time": 2, "mem": 3, "cpu": 2, "gpu": 0}
+    usage_file.write_text(repr(_usage(used_time=0.2, rss=0.5, out_of_memory=True)))
+    assert run.update_rqmt(last, 1)["mem"] == 4.5
+    assert run.update_rqmt(last, 1, additional_usage={"out_of_time": True})["time"] == 3.0
 
 
 def _run_job_tasks(job, *task_names):
@@ -235,8 +277,11 @@ def test_progress_file_and_tensorboard_are_unhashed_post_config_settings():
     job = MiniReturnnTrainingJob(make_config(), num_epochs=2, device="cpu")
     post_config = job.returnn_config.post_config
     assert post_config["log_progress_file"] == "progress"
-    assert post_config["use_tensorboard"] is True and post_config["tensorboard_opts"] == {"log_dir": "tensorboard"}
-    assert job_id(tensorboard=False) == job_id() == "jobs/training/MiniReturnnTrainingJob.ZsHyJoXE3NKM"
+    assert post_config["use_tensorboard"] is True and post_config["tensorboard_opts"] == {
+        "log_dir": "tensorboard",
+        "required": False,  # turned on by the job: a node without the package trains on
+    }
+    assert job_id(tensorboard=False) == job_id() == "jobs/training/MiniReturnnTrainingJob.jJPc0NjI774f"
     off = MiniReturnnTrainingJob(make_config(batch_size=22), num_epochs=2, device="cpu", tensorboard=False)
     assert "use_tensorboard" not in off.returnn_config.post_config
     # a config that decides itself keeps its choice (and its hash: the key is in its hashed part)

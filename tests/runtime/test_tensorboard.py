@@ -87,6 +87,15 @@ def test_missing_package_names_the_extra(tmp_path, run_cli, monkeypatch):
     assert "use_tensorboard = True" in err and "pip install 'i6-minireturnn[tensorboard]'" in err
 
 
+def test_not_required_and_missing_warns_once_and_trains(tmp_path, run_cli, monkeypatch):
+    # what the training job asks for by its own default: a node without the package still trains
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    code, out, err = run_cli(write_config(tmp_path, TENSORBOARD % ', "required": False'))
+    assert code == 0, err
+    assert (out + err).count("TensorBoard is off: the tensorboard package is not installed") == 1
+    assert not (tmp_path / "tb").exists() and (tmp_path / "out" / "learning_rates").exists()
+
+
 def test_unknown_option_is_refused(tmp_path, run_cli):
     code, _, err = run_cli(write_config(tmp_path, TENSORBOARD % ', "log_every": 2'))
     assert code == 1 and "tensorboard_opts" in err and "unknown entries ['log_every']" in err and "log_dir" in err
