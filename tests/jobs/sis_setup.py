@@ -78,3 +78,36 @@ def failed_jobs(folder: Path) -> list:
 def job_folders(folder: Path, job_class: str) -> List[Path]:
     """The work folders of every job of `job_class` (e.g. "MiniReturnnTrainingJob")."""
     return sorted(p for p in (folder / "work").rglob(f"{job_class}.*") if p.is_dir())
+
+
+def kill_worker(job_dir: Path, task: str = "run") -> int:
+    """SIGKILLs the Sisyphus worker running `task` of the job in `job_dir` and everything it started, as a lost node
+    or a preemption does (the manager lives on); returns how many processes were killed."""
+    import psutil
+
+    name = job_dir.name  # the worker is started with the job folder's path relative to the setup
+    victims = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "worker" in cmdline and task in cmdline and any(name in part for part in cmdline):
+            try:
+                victims += [process, *process.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+    for process in victims:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=30)
+    return len(victims)
+
+
+def submissions(job_dir: Path, task: str = "run") -> List[dict]:
+    """The requirements of each submission of `task`, from Sisyphus' ``submit_log.<task>``."""
+    import ast
+
+    log = job_dir / f"submit_log.{task}"
+    if not log.exists():
+        return []
+    return [ast.literal_eval(line)[1] for line in log.read_text().splitlines() if line.strip()]
