@@ -17,15 +17,18 @@ For a cluster, replace ``engine()`` with the SLURM engine, e.g.::
             default_engine="long",
         )
 
-Dataset files reach cluster nodes through the cache manager (``cf``) where one is installed; for local runs
-nothing needs to be done (without ``cf`` the files are read where they are; ``use_cache_manager=False`` in a
-dataset dict turns it off explicitly).
+Dataset files and input checkpoints reach cluster nodes through the cache manager (``cf``) where one is installed;
+for local runs nothing needs to be done (without ``cf`` the files are read where they are; ``use_cache_manager=False``
+in a dataset dict, a ``preload_from_files`` entry or at the config's top level turns it off explicitly). The ``cf`` that
+the manager finds on its PATH is made visible to the jobs, whose PATH Sisyphus resets (see below).
 """
 
 import os
 import shutil
 import subprocess
 import sys
+
+from sisyphus.global_settings import DEFAULT_ENVIRONMENT_SET
 
 # Recipes import `jobs` (and the jobs `i6_minireturnn`) from the repository root, so the root goes on the path.
 # `__file__` cannot name it: Sisyphus exec()s this file inside its own `sisyphus.global_settings` module, where
@@ -38,8 +41,29 @@ WAIT_PERIOD_BETWEEN_CHECKS = 2
 WAIT_PERIOD_CACHE = 1
 WAIT_PERIOD_JOB_CLEANUP = 1
 WAIT_PERIOD_MTIME_OF_INPUTS = 1
-JOB_AUTO_CLEANUP = False
+# Sisyphus' job cleanup stays on (its default): a finished job's work folder is deleted and its logs are packed into
+# finished.tar.gz. Every output of the jobs here is a real file in output/, so downstream jobs are not affected.
 SHOW_JOB_TARGETS = False
+
+
+def _path_with_cache_manager(path: str) -> str:
+    """`path` (a PATH value) with the folder of the ``cf`` on the manager's PATH appended, unless it is in it already.
+    Sisyphus passes the value through ``string.Template``, so a ``$`` in the folder name is escaped."""
+    command = shutil.which("cf")
+    folder = os.path.dirname(os.path.abspath(command)) if command else None
+    if folder is None or folder in path.split(os.pathsep):
+        return path
+    return f"{path}{os.pathsep}{folder.replace('$', '$$')}" if path else folder.replace("$", "$$")
+
+
+# Sisyphus starts every job task with a cleaned environment (CLEANUP_ENVIRONMENT) whose PATH is
+# DEFAULT_ENVIRONMENT_SET["PATH"], a fixed list of system folders, so a `cf` installed elsewhere would silently never
+# be called and every file would be read over the network. The folder of the `cf` this manager finds is added to the
+# jobs' PATH (after the system folders, which keep their precedence). A job carries this environment from the manager
+# to its worker, so the manager's PATH is the one that counts. This file runs inside `sisyphus.global_settings`, which
+# defines DEFAULT_ENVIRONMENT_SET (the import above names where it comes from; it is the same dict).
+if "PATH" in DEFAULT_ENVIRONMENT_SET:
+    DEFAULT_ENVIRONMENT_SET["PATH"] = _path_with_cache_manager(str(DEFAULT_ENVIRONMENT_SET["PATH"]))
 
 
 def _num_gpus() -> int:

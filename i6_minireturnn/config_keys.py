@@ -19,7 +19,7 @@ KNOWN_CONFIG_KEYS = frozenset("""
     num_workers_per_gpu data_worker_type data_loader_pacing pin_training_loop
     num_epochs start_epoch save_interval model load load_epoch import_model_train_epoch1 preload_from_files
     load_ignore_missing_vars allow_missing_optimizer_checkpoint allow_random_model_init cleanup_old_models
-    store_checkpoints_in_background
+    store_checkpoints_in_background use_cache_manager
     optimizer learning_rate learning_rates learning_rate_control learning_rate_file min_learning_rate
     learning_rate_control_error_measure learning_rate_control_min_num_epochs_per_new_lr
     learning_rate_control_relative_error_relative_lr relative_error_div_by_old newbob_relative_error_div_by_old
@@ -34,7 +34,7 @@ KNOWN_CONFIG_KEYS = frozenset("""
     get_model train_step forward_step forward_init_hook forward_finish_hook CustomEngine
     random_seed log log_verbosity log_step_interval log_progress_interval log_progress_file check_unused_config_keys
     use_tensorboard tensorboard_opts
-    use_cache_manager use_tensorflow backend target extern_data num_inputs num_outputs
+    use_tensorflow backend target extern_data num_inputs num_outputs
     output_file use_horovod torch_distributed tf_log_dir forward_override_hdf_output
     """.split())
 # Of these, i6_core's jobs write some that mean nothing for a PyTorch runtime and are accepted as Mini-RETURNN

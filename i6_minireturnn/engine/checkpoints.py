@@ -9,11 +9,13 @@ import copy
 import glob
 import os
 import re
-from typing import Any, Dict, Iterable, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Set, Tuple
 
 import torch
 
 from ..atomic_file import is_temp_file, save_torch_atomic
+from ..cache_manager import cached_path
+from ..config import parse_bool
 from ..errors import CheckpointError, ConfigError
 from ..file_formats import MODEL_SUFFIX as MODEL_SUFFIX
 from ..file_formats import OPTIMIZER_SUFFIX as OPTIMIZER_SUFFIX
@@ -21,6 +23,9 @@ from ..file_formats import epoch_prefix as epoch_prefix
 from ..file_formats import model_path as model_path
 from ..file_formats import optimizer_path as optimizer_path
 from ..log import log
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def existing_epochs(model_prefix: str) -> Dict[int, str]:
@@ -65,6 +70,18 @@ def checkpoint_file(path: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     raise CheckpointError(f"Checkpoint not found: {path!r} (also tried {path + MODEL_SUFFIX!r})")
+
+
+def given_checkpoint(config: Config, key: str) -> str:
+    """The checkpoint file that config key `key` (``load``, ``import_model_train_epoch1``) names, brought to the node
+    through the cache manager like dataset files unless ``use_cache_manager = False``. Only input checkpoints come
+    here: the run's own epoch files (``<model>.NNN.pt``) are written and resumed in place, never copied."""
+    return cached_path(checkpoint_file(config.value(key)), enabled=caches_checkpoints(config))
+
+
+def caches_checkpoints(config: Config) -> bool:
+    """Whether input checkpoints go through the cache manager: top-level ``use_cache_manager`` (unset or None: True)."""
+    return config.typed_value("use_cache_manager", None) is None or config.bool("use_cache_manager")
 
 
 def load_file(path: str, *, map_location: Any = "cpu") -> Any:
@@ -155,12 +172,20 @@ def load_state_into_model(
         print(f"Note: {source} has parameters the model does not use: {', '.join(unexpected)}", file=log.v4)
 
 
-def preload_from_files(model: torch.nn.Module, options: Dict[str, Dict[str, Any]], *, init_for_train: bool) -> None:
+def preload_from_files(
+    model: torch.nn.Module,
+    options: Dict[str, Dict[str, Any]],
+    *,
+    init_for_train: bool,
+    use_cache_manager: bool = True,
+) -> None:
     """Applies the ``preload_from_files`` entries whose ``init_for_train`` flag equals `init_for_train`.
 
     The engine applies ``init_for_train`` entries when training starts fresh at epoch 1, the others in
     forward / eval runs (RETURNN's rule).
     Entries are applied in reverse key order so that, where two entries set a parameter, the first key wins.
+    Each file goes through the cache manager; an entry's ``use_cache_manager`` overrides `use_cache_manager` (the
+    config's top-level key).
     """
     if not isinstance(options, dict):
         raise ConfigError(f"preload_from_files must be a dict of dicts, got {type(options).__name__}")
@@ -170,7 +195,8 @@ def preload_from_files(model: torch.nn.Module, options: Dict[str, Dict[str, Any]
         if bool(opts.get("init_for_train", False)) != init_for_train:
             continue
         print(f"Preloading {key!r} from {opts['filename']}", file=log.v3)
-        state = load_file(checkpoint_file(opts["filename"]))
+        cache = use_cache_manager if opts.get("use_cache_manager") is None else parse_bool(opts["use_cache_manager"])
+        state = load_file(cached_path(checkpoint_file(opts["filename"]), enabled=bool(cache)))
         checkpoint_key = opts.get("checkpoint_key", "model")
         if checkpoint_key is not None:
             if not isinstance(state, dict) or checkpoint_key not in state:

@@ -260,7 +260,12 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             )
         preload = self.config.typed_value("preload_from_files", None)
         if preload and (init_for_train or self.config.value("task", "train") != "train"):
-            checkpoints.preload_from_files(model, preload, init_for_train=init_for_train)
+            checkpoints.preload_from_files(
+                model,
+                preload,
+                init_for_train=init_for_train,
+                use_cache_manager=checkpoints.caches_checkpoints(self.config),
+            )
         del state
         gc.collect()
         model.to(self._device)

@@ -31,7 +31,7 @@ def inference_checkpoint(config: Config, model_prefix: Optional[str]) -> Optiona
     ``model``; None where none is given and ``allow_random_model_init`` permits a fresh model (i6_core's forward
     job without a checkpoint)."""
     if config.value("load", ""):
-        return checkpoints.checkpoint_file(config.value("load"))
+        return checkpoints.given_checkpoint(config, "load")  # an input file: through the cache manager
     if model_prefix and config.has("load_epoch"):
         return checkpoints.checkpoint_file(checkpoints.model_path(model_prefix, config.int("load_epoch")))
     if model_prefix and checkpoints.existing_epochs(model_prefix):

@@ -72,7 +72,7 @@ def find_train_start(config: Config, model_prefix: Optional[str], lr_control: Le
             return TrainStart(epoch + 1, state, optimizer_file(model_prefix, epoch, allow_missing_opt))
     for key in ("import_model_train_epoch1", "load"):
         if config.has(key):
-            path = checkpoints.checkpoint_file(config.value(key))
+            path = checkpoints.given_checkpoint(config, key)  # an input file: through the cache manager
             print(f"Initialising the model from {path} ({key})", file=log.v3)
             state = checkpoints.load_model_checkpoint(path)
             return TrainStart(1, {**state, "step": 0, "epoch": 0}, None)
@@ -142,7 +142,7 @@ def epoch_model_to_load(config: Config) -> Tuple[Optional[int], Optional[str]]:
     model = config.value("model", None)
     if config.value("task", "train") != "train":
         if config.value("load", ""):
-            return None, checkpoints.checkpoint_file(config.value("load"))
+            return None, checkpoints.given_checkpoint(config, "load")
         stored = checkpoints.existing_epochs(model) if model else {}
         epoch = config.int("load_epoch", None) or (max(stored) if stored else None)
         return (epoch, checkpoints.epoch_prefix(model, epoch)) if model and epoch else (None, None)
@@ -156,7 +156,7 @@ def epoch_model_to_load(config: Config) -> Tuple[Optional[int], Optional[str]]:
         if complete:
             return complete[0], checkpoints.epoch_prefix(model, complete[0])
     if config.value("import_model_train_epoch1", ""):
-        return 0, checkpoints.checkpoint_file(config.value("import_model_train_epoch1"))
+        return 0, checkpoints.given_checkpoint(config, "import_model_train_epoch1")
     if config.value("load", ""):
-        return None, checkpoints.checkpoint_file(config.value("load"))
+        return None, checkpoints.given_checkpoint(config, "load")
     return None, None
