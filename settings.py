@@ -44,6 +44,10 @@ WAIT_PERIOD_MTIME_OF_INPUTS = 1
 # Sisyphus' job cleanup stays on (its default): a finished job's work folder is deleted and its logs are packed into
 # finished.tar.gz. Every output of the jobs here is a real file in output/, so downstream jobs are not affected.
 SHOW_JOB_TARGETS = False
+# A task counts as running while its worker's usage file is fresh: Sisyphus' default of 60 s between writes lets a
+# killed worker (lost node, preemption, kill -9) look alive for a minute before it is resubmitted; 5 s (the worker's
+# own logging interval) notices it at once. Raise it on a cluster whose shared file system should see fewer writes.
+PLOGGING_UPDATE_FILE_PERIOD = 5
 
 
 def _path_with_cache_manager(path: str) -> str:

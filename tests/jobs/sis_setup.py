@@ -103,11 +103,23 @@ def kill_worker(job_dir: Path, task: str = "run") -> int:
     return len(victims)
 
 
+def job_file(job_dir: Path, name: str) -> Optional[str]:
+    """A file of the job folder (e.g. ``log.run.1``, ``submit_log.run``), also once Sisyphus' cleanup has packed it
+    into ``finished.tar.gz``; None where there is none."""
+    import tarfile
+
+    if (job_dir / name).exists():
+        return (job_dir / name).read_text()
+    if (job_dir / "finished.tar.gz").exists():
+        with tarfile.open(job_dir / "finished.tar.gz") as archive:
+            if name in archive.getnames():
+                return archive.extractfile(name).read().decode()
+    return None
+
+
 def submissions(job_dir: Path, task: str = "run") -> List[dict]:
     """The requirements of each submission of `task`, from Sisyphus' ``submit_log.<task>``."""
     import ast
 
-    log = job_dir / f"submit_log.{task}"
-    if not log.exists():
-        return []
-    return [ast.literal_eval(line)[1] for line in log.read_text().splitlines() if line.strip()]
+    log = job_file(job_dir, f"submit_log.{task}") or ""
+    return [ast.literal_eval(line)[1] for line in log.splitlines() if line.strip()]

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import tarfile
 from pathlib import Path
 
-from .sis_setup import REPO, failed_jobs, job_folders, sis_manager, user_setup
+from .sis_setup import REPO, failed_jobs, job_file, job_folders, sis_manager, user_setup
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -29,14 +28,6 @@ def _trainings(folder: Path) -> dict:
         continues = any("MiniReturnnTrainingJob" in p.name for p in (job / "input").iterdir())
         found[(num_epochs, continues)] = job
     return found
-
-
-def _run_log(job: Path) -> str:
-    """The run task's log (Sisyphus' log.run.1, or from finished.tar.gz once the job is cleaned up)."""
-    if (job / "log.run.1").exists():
-        return (job / "log.run.1").read_text()
-    with tarfile.open(job / "finished.tar.gz") as archive:
-        return archive.extractfile("log.run.1").read().decode()
 
 
 def test_cleanup_longer_training_and_downstream_jobs(tmp_path):
@@ -70,7 +61,7 @@ def test_cleanup_longer_training_and_downstream_jobs(tmp_path):
 
     scores = read_learning_rate_file(str(longer / "output" / "learning_rates"))
     assert sorted(scores) == [1, 2, 3, 4] and all(scores[e].error for e in scores)
-    log = _run_log(longer)
+    log = job_file(longer, "log.run.1")
     assert "Resuming training after stored epoch 2" in log and "epoch 3: trained" in log and "epoch 4: trained" in log
     assert "epoch 1: trained" not in log and "epoch 2: trained" not in log
     # ... and its epoch 4 is the one a 4-epoch training from the start gets

@@ -1,0 +1,41 @@
+"""A training and a forward job whose workers a test kills mid-run (as a lost node or a preemption does): Sisyphus
+resubmits both, with the same requirements, and both finish."""
+
+from i6_core.returnn.config import ReturnnConfig
+from sisyphus import tk
+
+from jobs import HdfDumpJob, MiniReturnnForwardJob, MiniReturnnTrainingJob
+from jobs.serialization import Collection, Import, Network
+
+CORPUS = {"class": "SyntheticSpeechDataset", "num_classes": 10, "feature_dim": 16}
+
+
+def py():
+    train_hdf = HdfDumpJob({**CORPUS, "num_seqs": 600, "seed": 1}, cpu_rqmt=1, time_rqmt=1).out_hdf
+    dev_hdf = HdfDumpJob({**CORPUS, "num_seqs": 40, "seed": 2}, cpu_rqmt=1, time_rqmt=1).out_hdf
+    network = Network(
+        "demo_model.CtcModel",
+        {"feature_dim": 16, "num_labels": 10, "hidden": 32},
+        train_step="demo_model.train_step",
+        forward_init_hook="demo_model.forward_init_hook",
+        forward_finish_hook="demo_model.forward_finish_hook",
+    )
+    config = ReturnnConfig(
+        config={
+            "train": {"class": "HDFDataset", "files": [train_hdf], "seq_ordering": "laplace:.20"},
+            "batch_size": 3000,
+            "optimizer": {"class": "adam"},
+            "learning_rate": 1e-3,
+        },
+        python_epilog=[Collection([network])],
+    )
+    train = MiniReturnnTrainingJob(config, num_epochs=3, device="cpu", cpu_rqmt=1, mem_rqmt=4, time_rqmt=1)
+    tk.register_output("preempted/learning_rates", train.out_learning_rates)
+    forward_config = ReturnnConfig(
+        config={"forward": {"class": "HDFDataset", "files": [dev_hdf]}, "batch_size": 600},
+        python_epilog=[Collection([network, Import("slow_model.forward_step", import_as="forward_step")])],
+    )
+    forward = MiniReturnnForwardJob(
+        train.out_checkpoints[3], forward_config, output_files=["log_probs.hdf"], device="cpu", cpu_rqmt=1, mem_rqmt=4
+    )
+    tk.register_output("preempted/dev_log_probs.hdf", forward.out_files["log_probs.hdf"])
