@@ -16,7 +16,7 @@ from i6_core.returnn.training import PtCheckpoint
 from sisyphus import Job, Task, tk
 from sisyphus import global_settings as gs
 
-from i6_minireturnn.atomic_file import atomic_path
+from i6_minireturnn.atomic_file import atomic_path, is_temp_file
 from i6_minireturnn.errors import FileFormatError
 from i6_minireturnn.file_formats import model_path, read_learning_rate_file
 from i6_minireturnn.tools.plot_training import write_plots
@@ -262,7 +262,12 @@ class MiniReturnnTrainingJob(Job):
         """Writes the config and ``rnn.sh``, which reruns the training by hand from the work folder (on several nodes:
         on every node of a Slurm allocation, e.g. with srun); with `continue_from`, starts the model folder and the
         learning_rates file from the earlier training's."""
-        write_runtime_config(self.returnn_config, self.out_returnn_config_file.get_path())
+        write_runtime_config(
+            self.returnn_config,
+            self.out_returnn_config_file.get_path(),
+            check_task=self.returnn_config.config["task"],
+            python_exe=self.python_exe,
+        )
         if self.continue_from_model_dir is not None:
             self._take_earlier_epochs()
         script = os.path.abspath("rnn.sh")
@@ -287,7 +292,8 @@ class MiniReturnnTrainingJob(Job):
         target = self.out_model_dir.get_path()
         os.makedirs(target, exist_ok=True)
         for name in sorted(os.listdir(source)):
-            if not name.startswith(MODEL_PREFIX + ".") or os.path.exists(os.path.join(target, name)):
+            taken = os.path.exists(os.path.join(target, name))
+            if not name.startswith(MODEL_PREFIX + ".") or is_temp_file(name) or taken:
                 continue
             try:
                 os.link(os.path.join(source, name), os.path.join(target, name))
