@@ -314,3 +314,13 @@ def test_plot_title_is_the_jobs_name():
     assert job._title() == job.job_id()
     job.add_alias("setups/ctc-baseline")
     assert job._title() == "setups/ctc-baseline"
+
+
+def test_continue_from_declares_the_earlier_and_the_new_epochs_and_needs_more_epochs():
+    earlier = MiniReturnnTrainingJob(make_config(batch_size=27), num_epochs=4, device="cpu", keep_epochs=[2])
+    longer = MiniReturnnTrainingJob(make_config(batch_size=27), num_epochs=8, device="cpu", continue_from=earlier)
+    assert sorted(longer.out_checkpoints) == [2, 4, 5, 6, 7, 8]
+    assert longer.continue_from_model_dir == earlier.out_model_dir  # an input: the manager waits for it
+    assert longer.job_id() != MiniReturnnTrainingJob(make_config(batch_size=27), num_epochs=8, device="cpu").job_id()
+    with pytest.raises(ValueError, match="trained 4 epochs: num_epochs must be larger, got 4"):
+        MiniReturnnTrainingJob(make_config(batch_size=28), num_epochs=4, device="cpu", continue_from=earlier)
