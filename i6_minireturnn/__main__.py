@@ -59,6 +59,7 @@ Functions: get_model(*, epoch, step, **kwargs), train_step(*, model, data, run_c
   forward_finish_hook(run_ctx, **kwargs), and a CustomEngine class.
 
 Tools (each with --help):
+  python -m i6_minireturnn.tools.check_config CONFIG [--task T]   checks a config as a run would start (no model, data)
   python -m i6_minireturnn.tools.hdf_dump CONFIG OUT.hdf        a dataset to an HDF file
   python -m i6_minireturnn.tools.dump_dataset CONFIG            keys, first sequences, length statistics
   python -m i6_minireturnn.tools.analyze_batches CONFIG         batches and padding of the batching keys

@@ -75,7 +75,12 @@ class MiniReturnnForwardJob(Job):
         """Writes the config, with ``load`` pointing at the checkpoint."""
         config = copy.deepcopy(self.returnn_config)
         config.post_config["load"] = str(self.model_checkpoint)
-        write_runtime_config(config, self.out_returnn_config_file.get_path())
+        write_runtime_config(
+            config,
+            self.out_returnn_config_file.get_path(),
+            check_task=config.config["task"],
+            python_exe=self.python_exe,
+        )
 
     def run(self) -> None:
         """Forwards, then moves every declared output into place; a missing one fails the job, naming it. A run

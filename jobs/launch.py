@@ -33,10 +33,22 @@ def python_executable(python_exe: Optional[tk.Path]) -> str:
     return python_exe.get_path() if python_exe is not None else sys.executable
 
 
-def write_runtime_config(returnn_config: ReturnnConfig, path: str) -> None:
-    """Writes the config the runtime reads, with the version note of :func:`annotate_config`."""
+def write_runtime_config(
+    returnn_config: ReturnnConfig,
+    path: str,
+    *,
+    check_task: Optional[str] = None,
+    python_exe: Optional[tk.Path] = None,
+) -> None:
+    """Writes the config the runtime reads, with the version note of :func:`annotate_config`. With `check_task`, then
+    checks it for that task with the node's Python (`python_exe`, see :func:`python_executable`) and environment, so
+    that a config the runtime would refuse fails here, before the run is queued (:mod:`jobs.config_check`)."""
     returnn_config.write(path)
     annotate_config(path)
+    if check_task is not None:
+        from .config_check import check_runtime_config
+
+        check_runtime_config(path, python=python_executable(python_exe), env=runtime_env(1), task=check_task)
 
 
 def runtime_command(

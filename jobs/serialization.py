@@ -1,4 +1,10 @@
-"""Serializers that put model code into a config: ``ReturnnConfig(python_epilog=[Collection([...])])``.
+"""Serializers that put model code into a config: ``ReturnnConfig(python_epilog=[Collection([...])])``, or a
+serializer alone (``python_epilog=[Network(...)]``, as returnn_common's README writes it).
+
+Code that imports model code (:class:`Import`, :class:`PartialImport`, :class:`Network`, :class:`CodeFromFunction`)
+brings the ``sys.path`` setup its imports need (this package's root and Sisyphus' recipe folder) where it stands
+alone; inside a :class:`Collection`, which writes that setup once for all its objects, it writes only its own code
+(:meth:`SerializerObject.own_code`).
 
 Hashes are built from the same inputs as i6_experiments' serializers of the same name and arguments (dotted
 import paths and keyword arguments, never file contents or absolute paths), so a setup moved to these classes
@@ -14,7 +20,7 @@ import os
 import string
 import textwrap
 from types import FunctionType
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from sisyphus.delayed_ops import DelayedBase
 from sisyphus.hash import short_hash, sis_hash_helper
@@ -23,19 +29,36 @@ from .launch import PACKAGE_ROOT
 
 
 class SerializerObject(DelayedBase):
-    """A piece of config code; ``use_for_hash = False`` keeps it out of the hash."""
+    """A piece of config code; ``use_for_hash = False`` keeps it out of the hash.
+
+    Subclasses write their code in :meth:`own_code`; :meth:`get` (what i6_core's ReturnnConfig writes for an object in
+    python_epilog) adds what the code needs to run alone, :class:`Collection` takes :meth:`own_code` of each object.
+    """
 
     use_for_hash = True
 
     def __init__(self) -> None:
         super().__init__(None)
 
-    def get(self) -> str:
-        """The code this object writes into the config."""
+    def own_code(self) -> str:
+        """This object's own code, without any ``sys.path`` setup (what a :class:`Collection` writes of it)."""
         raise NotImplementedError
 
+    def get(self) -> str:
+        """The code this object writes into the config where it stands alone."""
+        return self.own_code()
 
-class Import(SerializerObject):
+
+class _ImportingObject(SerializerObject):
+    """Code that imports model code: alone in a config it first puts the import path on ``sys.path`` (idempotent
+    inserts, so several such objects in one python_epilog add each folder once); its hash is its subclass's."""
+
+    def get(self) -> str:
+        """The ``sys.path`` setup of the import path, then this object's own code."""
+        return import_path_code(import_paths(), idempotent=True) + self.own_code()
+
+
+class Import(_ImportingObject):
     """``from package.module import name [as import_as]`` for a module-level function or class.
 
     :param code_object_path: dotted path (or the object itself) of a module-level function or class
@@ -71,7 +94,7 @@ class Import(SerializerObject):
         self.use_for_hash = use_for_hash
         self.ignore_import_as_for_hash = ignore_import_as_for_hash
 
-    def get(self) -> str:
+    def own_code(self) -> str:
         alias = f" as {self.import_as}" if self.import_as else ""
         return f"from {self.module} import {self.object_name}{alias}\n"
 
@@ -116,7 +139,7 @@ class PartialImport(Import):
         self.hashed_arguments = hashed_arguments
         self.unhashed_arguments = unhashed_arguments
 
-    def get(self) -> str:
+    def own_code(self) -> str:
         from i6_core.util import instanciate_delayed
 
         arguments = {**self.unhashed_arguments, **self.hashed_arguments}
@@ -138,7 +161,7 @@ class ExplicitHash(SerializerObject):
         super().__init__()
         self.hash = hash
 
-    def get(self) -> str:
+    def own_code(self) -> str:
         return ""
 
     def _sis_hash(self) -> bytes:
@@ -154,14 +177,14 @@ class NonhashedCode(SerializerObject):
         super().__init__()
         self.code = code
 
-    def get(self) -> str:
+    def own_code(self) -> str:
         return self.code
 
     def _sis_hash(self) -> bytes:
         raise RuntimeError("NonhashedCode must not be hashed")
 
 
-class CodeFromFunction(SerializerObject):
+class CodeFromFunction(_ImportingObject):
     """The source of a function, exposed in the config as `name`.
 
     :param hash_full_python_code: hash the code itself instead of module and qualified name
@@ -183,7 +206,7 @@ class CodeFromFunction(SerializerObject):
                 + f"\n    return {func.__name__}\n{name} = _{name}_{code_hash}()\n"
             )
 
-    def get(self) -> str:
+    def own_code(self) -> str:
         return self._code
 
     def _sis_hash(self) -> bytes:
@@ -192,7 +215,7 @@ class CodeFromFunction(SerializerObject):
         return sis_hash_helper((self.name, f"{self.func.__module__}.{self.func.__qualname__}"))
 
 
-class Network(SerializerObject):
+class Network(_ImportingObject):
     """``get_model``, ``train_step`` / ``forward_step`` and hooks that call imported model code with fixed kwargs.
 
     :param model: dotted path of the model class or constructor, called as ``model(epoch=, step=, **net_kwargs)``
@@ -242,13 +265,13 @@ class Network(SerializerObject):
             if path is not None
         }
 
-    def get(self) -> str:
+    def own_code(self) -> str:
         code = string.Template(self.TEMPLATE).substitute(
             NETWORK_KWARGS=repr(self.net_kwargs),
             MODEL_MODULE=".".join(self.model.split(".")[:-1]),
             MODEL_NAME=self.model.split(".")[-1],
         )
-        return code + "".join(f.get() for f in self.functions.values())
+        return code + "".join(f.own_code() for f in self.functions.values())
 
     def _sis_hash(self) -> bytes:
         return sis_hash_helper(
@@ -268,12 +291,36 @@ class Collection(DelayedBase):
         self.extra_paths = list(extra_paths or [])
 
     def get(self) -> str:
-        paths = [PACKAGE_ROOT] + self.extra_paths + _recipe_paths()
-        content = ["import sys\n"] + [f"sys.path.insert(0, {p!r})\n" for p in reversed(paths)]
-        return "".join(content + [obj.get() for obj in self.serializer_objects])
+        paths = import_paths(self.extra_paths)
+        return import_path_code(paths) + "".join(_code_of(obj) for obj in self.serializer_objects)
 
     def _sis_hash(self) -> bytes:
         return sis_hash_helper({"delayed_objects": [o for o in self.serializer_objects if o.use_for_hash]})
+
+
+def import_paths(extra_paths: Sequence[str] = ()) -> List[str]:
+    """Where config code imports from on the node, first first: this package's root, `extra_paths`, the recipes."""
+    return [PACKAGE_ROOT, *extra_paths, *_recipe_paths()]
+
+
+def import_path_code(paths: Sequence[str], *, idempotent: bool = False) -> str:
+    """Code that puts `paths` at the front of ``sys.path`` in this order; `idempotent`: leaves a path that is
+    already there where it is (a config with several stand-alone serializers adds each folder once)."""
+    lines = ["import sys\n"]
+    for path in reversed(paths):
+        if idempotent:
+            lines.append(f"if {path!r} not in sys.path:\n    sys.path.insert(0, {path!r})\n")
+        else:
+            lines.append(f"sys.path.insert(0, {path!r})\n")
+    return "".join(lines)
+
+
+def _code_of(obj: Any) -> str:
+    """The code of one object of a :class:`Collection`: its own code (the Collection set the path up); ``get()`` of
+    other objects (i6_core's or a user's DelayedBase, a subclass written before ``own_code`` that defines ``get``)."""
+    if isinstance(obj, SerializerObject) and type(obj).own_code is not SerializerObject.own_code:
+        return obj.own_code()
+    return obj.get()
 
 
 def _recipe_paths() -> List[str]:
