@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import List, Mapping
+from typing import List, Mapping, Sequence
 
 from i6_minireturnn.errors import ConfigError
 
@@ -26,11 +26,12 @@ CONFIG_PROBLEM_STATUS = 1  # the tool's exit status for a config the runtime wou
 TIMEOUT_S = 600  # config code may do work (e.g. write a vocabulary); a check that takes longer is given up
 
 
-def check_runtime_config(config_file: str, *, python: str, env: Mapping[str, str], task: str) -> None:
-    """Runs the check on `config_file` for `task` with `python` in `env` (those of the node: see
-    :func:`jobs.launch.python_executable` and :func:`jobs.launch.runtime_env`). Raises a :class:`ConfigError` with
-    the tool's line and what to do for a config the runtime would refuse; prints what it did otherwise."""
-    command = [python, "-m", CHECK_TOOL, config_file, "--task", task]
+def check_runtime_config(config_file: str, *, python: str, env: Mapping[str, str], what: Sequence[str]) -> None:
+    """Runs the check on `config_file` for `what` (the tool's ``--task TASK`` or ``--dataset KEY``) with `python` in
+    `env` (those of the node: see :func:`jobs.launch.python_executable` and :func:`jobs.launch.runtime_env`). Raises
+    a :class:`ConfigError` with the tool's line and what to do for a config the runtime would refuse; prints what it
+    did otherwise."""
+    command = [python, "-m", CHECK_TOOL, config_file, *what]
     if shutil.which(python) is None:
         print(f"Config check skipped: the runtime's Python {python!r} does not exist here (the node checks the config)")
         return
@@ -43,7 +44,7 @@ def check_runtime_config(config_file: str, *, python: str, env: Mapping[str, str
         return
     errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR: ")]
     if done.returncode == CONFIG_PROBLEM_STATUS and errors:
-        raise ConfigError(errors[-1][len("ERROR: ") :] + "\n" + fix_text(config_file, task, python))
+        raise ConfigError(errors[-1][len("ERROR: ") :] + "\n" + fix_text(config_file, what, python))
     if done.returncode != 0:
         print(
             f"Config check could not run (exit status {done.returncode}); the job goes on and the node checks the "
@@ -53,14 +54,14 @@ def check_runtime_config(config_file: str, *, python: str, env: Mapping[str, str
     print(_tail(done.stdout, lines=1))
 
 
-def fix_text(config_file: str, task: str, python: str) -> str:
+def fix_text(config_file: str, what: Sequence[str], python: str) -> str:
     """What to do about a refused config: fix the recipe or the model code, and how to check again by hand."""
     return (
         "The config was checked before its run was queued, and the runtime would stop at this. Fix it in the recipe "
         "(the ReturnnConfig, the serializers, the model code they import) and run the manager again: a changed "
         "config is a new job. A fix outside the hashed config (a model file, the environment) leaves this job in "
         "its error state: clear it with `sis manager -co` (clear errors once). To check by hand, in the job's work "
-        f"folder: PYTHONPATH={PACKAGE_ROOT} {python} -m {CHECK_TOOL} {config_file} --task {task}"
+        f"folder: PYTHONPATH={PACKAGE_ROOT} {python} -m {CHECK_TOOL} {config_file} {' '.join(what)}"
     )
 
 

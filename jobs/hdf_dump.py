@@ -15,7 +15,7 @@ from sisyphus import Job, Task, tk
 
 from i6_minireturnn.atomic_file import is_temp_file
 
-from .launch import PACKAGE_ROOT, python_executable, runtime_env, write_runtime_config
+from .launch import PACKAGE_ROOT, check_written_config, python_executable, runtime_env, write_runtime_config
 
 T = TypeVar("T")
 
@@ -127,8 +127,16 @@ class HdfDumpJob(Job):
         """Writes the config the run task dumps from: the dataset's config, or a verbatim copy of the given file."""
         if self.config_file is not None:
             shutil.copyfile(self.config_file.get_path(), self.out_returnn_config_file.get_path())
+            check_written_config(
+                self.out_returnn_config_file.get_path(), check_dataset="train", python_exe=self.python_exe
+            )
         else:
-            write_runtime_config(self.returnn_config, self.out_returnn_config_file.get_path())
+            write_runtime_config(
+                self.returnn_config,
+                self.out_returnn_config_file.get_path(),
+                check_dataset="train",
+                python_exe=self.python_exe,
+            )
 
     def run(self) -> None:
         """Dumps the config's ``train`` dataset with ``python -m i6_minireturnn.tools.hdf_dump``; also the resume of a

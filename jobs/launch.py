@@ -38,17 +38,31 @@ def write_runtime_config(
     path: str,
     *,
     check_task: Optional[str] = None,
+    check_dataset: Optional[str] = None,
     python_exe: Optional[tk.Path] = None,
 ) -> None:
-    """Writes the config the runtime reads, with the version note of :func:`annotate_config`. With `check_task`, then
-    checks it for that task with the node's Python (`python_exe`, see :func:`python_executable`) and environment, so
-    that a config the runtime would refuse fails here, before the run is queued (:mod:`jobs.config_check`)."""
+    """Writes the config the runtime reads, with the version note of :func:`annotate_config`, then checks it
+    (:func:`check_written_config`) for `check_task` or, for the dataset tools, for its dataset `check_dataset`."""
     returnn_config.write(path)
     annotate_config(path)
-    if check_task is not None:
+    check_written_config(path, check_task=check_task, check_dataset=check_dataset, python_exe=python_exe)
+
+
+def check_written_config(
+    path: str,
+    *,
+    check_task: Optional[str] = None,
+    check_dataset: Optional[str] = None,
+    python_exe: Optional[tk.Path] = None,
+) -> None:
+    """Checks a written config for `check_task` (what the runtime's task needs) or `check_dataset` (that dataset) with
+    the node's Python (`python_exe`, see :func:`python_executable`) and environment, so that a config the runtime
+    would refuse fails here, before the run is queued (:mod:`jobs.config_check`). Neither given: no check."""
+    what = ["--task", check_task] if check_task is not None else ["--dataset", check_dataset] if check_dataset else []
+    if what:
         from .config_check import check_runtime_config
 
-        check_runtime_config(path, python=python_executable(python_exe), env=runtime_env(1), task=check_task)
+        check_runtime_config(path, python=python_executable(python_exe), env=runtime_env(1), what=what)
 
 
 def runtime_command(

@@ -59,9 +59,10 @@ class Problem(UserError):
         self.unlocated = set(unlocated)
 
 
-def check_config(files: Sequence[str], overrides: Sequence[str] = ()) -> str:
+def check_config(files: Sequence[str], overrides: Sequence[str] = (), *, dataset: Optional[str] = None) -> str:
     """Loads and checks the config; returns a summary of what was checked, raises :class:`Problem` for the first
-    problem the runtime would stop at."""
+    problem the runtime would stop at. With `dataset`, the config is checked for what the dataset tools (hdf_dump)
+    read, that one dataset, instead of for its task."""
     with _paths_as_written():
         try:
             config = load_config(files, overrides)
@@ -77,6 +78,8 @@ def check_config(files: Sequence[str], overrides: Sequence[str] = ()) -> str:
         raise
     except UserError as exc:
         raise Problem(exc) from exc
+    if dataset is not None:
+        return f"Config {', '.join(config.files)} is fine: dataset {_check_one_dataset(config, dataset)}"
     task = config.value("task", "train")
     custom_engine = _custom_engine(config)
     datasets = _check_task_datasets(config, task, required=custom_engine is None)
@@ -175,6 +178,17 @@ def _check_task_datasets(config: Config, task: str, *, required: bool) -> List[s
         except UserError as exc:
             raise Problem(exc, key, unlocated=name.split("/")) from exc
     return [name for _, name, _ in datasets]
+
+
+def _check_one_dataset(config: Config, key: str) -> str:
+    """Checks the dataset under config key `key` (a tool's ``--dataset``); returns its name."""
+    if not config.has(key):
+        raise Problem(ConfigError(f"Config key {key!r} (the dataset to read) is missing in {config.where()}"), key)
+    try:
+        check_dataset(config.peek(key), key)
+    except UserError as exc:
+        raise Problem(exc, key, unlocated=[key]) from exc
+    return key
 
 
 def check_dataset(opts: Any, name: str) -> None:
@@ -415,6 +429,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=program_name(__file__), description=__doc__.split("\n")[0])
     parser.add_argument("config", nargs="+", help="config file(s), then ++key value overrides as for the runtime")
     parser.add_argument("--task", help="the task to check the config for (sets the config key task)")
+    parser.add_argument("--dataset", help="check only the config and this dataset (config key), as hdf_dump reads it")
     args, more_overrides = parser.parse_known_args(argv)
     files, overrides = split_args(args.config)
     overrides = [*overrides, *more_overrides]
@@ -423,7 +438,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def action() -> None:
         try:
-            print(check_config(files, overrides))
+            print(check_config(files, overrides, dataset=args.dataset))
         except Problem as problem:
             raise UserError(describe(problem, files, overrides)) from None
 

@@ -106,7 +106,9 @@ def test_a_bare_network_config_runs_on_the_node(tmp_path, monkeypatch):
     done = subprocess.run(command, cwd=node, env=runtime_env(1), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (tmp_path / "m.001.pt").exists()
-    check_runtime_config(str(tmp_path / "returnn.config"), python=sys.executable, env=runtime_env(1), task="train")
+    check_runtime_config(
+        str(tmp_path / "returnn.config"), python=sys.executable, env=runtime_env(1), what=["--task", "train"]
+    )
 
 
 def _job_folders(job, monkeypatch, tmp_path: Path) -> Path:
@@ -160,13 +162,13 @@ def test_forward_create_files_checks_task_forward(tmp_path, monkeypatch):
 def test_a_check_that_cannot_run_here_leaves_it_to_the_node(tmp_path, capsys):
     config = tmp_path / "returnn.config"
     config.write_text("x = (\n")
-    check_runtime_config(str(config), python=str(tmp_path / "no_python"), env=runtime_env(1), task="train")
+    check_runtime_config(str(config), python=str(tmp_path / "no_python"), env=runtime_env(1), what=["--task", "train"])
     assert "Config check skipped" in capsys.readouterr().out
     crashing = tmp_path / "python"
     crashing.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'ImportError: torch' >&2\n"
                         "exit 1\n")  # fmt: skip
     crashing.chmod(0o755)
-    check_runtime_config(str(config), python=str(crashing), env=runtime_env(1), task="train")
+    check_runtime_config(str(config), python=str(crashing), env=runtime_env(1), what=["--task", "train"])
     out = capsys.readouterr().out
     assert "Config check could not run (exit status 1)" in out and "ImportError: torch" in out
 

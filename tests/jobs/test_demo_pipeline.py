@@ -164,7 +164,10 @@ def test_a_failing_job_is_visible_in_the_job_folder_and_the_manager_log(tmp_path
     failed = _failed_jobs(folder)
     assert len(failed) == 1 and failed[0].startswith("jobs/training/MiniReturnnTrainingJob."), failed
     assert "error" in output.lower() and "All output calculated" not in output
-    log = (folder / "work" / failed[0] / "log.run.1").read_text()
+    # found by the config check in the create_files mini task, before the run task was queued
+    job = folder / "work" / failed[0]
+    assert (job / "error.create_files.1").exists() and not (job / "submit_log.run").exists()
+    log = (job / "log.create_files.1").read_text()
     assert "learning_rat" in log and "learning_rate" in log  # the typo and the key it was meant to be
     assert not (folder / "output" / "broken" / "learning_rates").exists()
 

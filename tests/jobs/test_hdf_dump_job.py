@@ -189,6 +189,15 @@ def test_a_definition_string_is_dumped_as_i6_core_does(tmp_path, monkeypatch):
     assert "batch_size = 100" in (base / "output" / "dataset.config").read_text()
 
 
+def test_a_dataset_the_tool_would_refuse_fails_in_create_files(tmp_path, monkeypatch):
+    from i6_minireturnn.errors import ConfigError
+
+    job = HdfDumpJob({**CORPUS, "num_seqs": 5, "seed": 9, "seq_ordring": "random"})
+    with pytest.raises(ConfigError, match="seq_ordring"):
+        _run_tasks(job, tmp_path, monkeypatch)
+    assert not Path(job.out_hdf.get_path()).exists()
+
+
 def test_a_rerun_removes_what_a_killed_run_left_and_dumps_whole(tmp_path, monkeypatch):
     data = {**CORPUS, "num_seqs": 9, "seed": 9}
     job = HdfDumpJob(data)

@@ -173,3 +173,17 @@ def test_command_line_exit_status_and_one_error_line(tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert re.match(rf"ERROR: config file {re.escape(str(bad))}, line \d+, key 'train': ", done.stderr)
     assert "'num_seq' (did you mean 'num_seqs'?)" in done.stderr
+
+
+def test_dataset_mode_checks_that_dataset_only(tmp_path, check):
+    # what hdf_dump reads: the config's code and one dataset, no model or step functions
+    config = tmp_path / "dataset.config"
+    config.write_text("train = {'class': 'SyntheticSpeechDataset', 'num_seqs': 3}\n")
+    code, out, err = check(config, "--dataset", "train")
+    assert code == 0 and "dataset train" in out, err
+    config.write_text("x = 1\ntrain = {'class': 'SyntheticSpeechDataset', 'num_seqz': 3}\n")
+    assert_refused(check(config, "--dataset", "train"), config, "train", 2, "num_seqz")
+    config.write_text("dev = {'class': 'SyntheticSpeechDataset'}\n")
+    assert_refused(
+        check(config, "--dataset", "train"), config, "train", None, "'train' (the dataset to read) is missing"
+    )
