@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[2]
+RECIPES = Path(__file__).resolve().parent / "recipes"
 _NOT_COPIED = {".git", "work", "output", "alias", "demo_output", "__pycache__", ".pytest_cache", "i6_core"}
 
 
@@ -26,6 +27,13 @@ def user_setup(tmp_path: Path) -> Path:
     (folder / "recipe" / "i6_core").symlink_to(Path(i6_core).resolve(), target_is_directory=True)
     (folder / "work").mkdir()
     return folder
+
+
+def add_recipes(folder: Path, *names: str) -> None:
+    """Copies the test recipes `names` (files in tests/jobs/recipes) and the toy setup they share into the setup's
+    recipe folder, where a user's recipes are."""
+    for name in ("toy_setup.py", *names):
+        shutil.copy(RECIPES / name, folder / "recipe" / name)
 
 
 def sis_command() -> List[str]:

@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from .sis_setup import failed_jobs, job_folders, sis_manager, user_setup
+from .sis_setup import add_recipes, failed_jobs, job_folders, sis_manager, user_setup
 
 # Users' style: HDF dumps -> a training -> a second training preloading the first -> forward of the second's epoch 1.
 RECIPE = '''"""Two tiny trainings and a forward, to see which files go through the cache manager."""
@@ -16,23 +16,14 @@ RECIPE = '''"""Two tiny trainings and a forward, to see which files go through t
 from i6_core.returnn.config import ReturnnConfig
 from sisyphus import tk
 
-from jobs import HdfDumpJob, MiniReturnnForwardJob, MiniReturnnTrainingJob
-from jobs.serialization import Collection, Network
-
-CORPUS = {"class": "SyntheticSpeechDataset", "num_classes": 4, "feature_dim": 4}
+from jobs import MiniReturnnForwardJob, MiniReturnnTrainingJob
+from jobs.serialization import Collection
+from toy_setup import corpus, ctc_network
 
 
 def py():
-    train_hdf = HdfDumpJob({**CORPUS, "num_seqs": 16, "seed": 1}, cpu_rqmt=1, time_rqmt=1).out_hdf
-    dev_hdf = HdfDumpJob({**CORPUS, "num_seqs": 4, "seed": 2}, cpu_rqmt=1, time_rqmt=1).out_hdf
-    network = Network(
-        "demo_model.CtcModel",
-        {"feature_dim": 4, "num_labels": 4, "hidden": 4},
-        train_step="demo_model.train_step",
-        forward_step="demo_model.forward_step",
-        forward_init_hook="demo_model.forward_init_hook",
-        forward_finish_hook="demo_model.forward_finish_hook",
-    )
+    train_hdf, dev_hdf = corpus(16, 4, feature_dim=4, num_classes=4)
+    network = ctc_network(feature_dim=4, num_labels=4, hidden=4)
     config = {
         "train": {"class": "HDFDataset", "files": [train_hdf]},
         "dev": {"class": "HDFDataset", "files": [dev_hdf]},
@@ -77,6 +68,7 @@ def _fake_cf(tmp_path: Path) -> Path:
 
 def test_cf_on_the_managers_path_reaches_the_jobs_through_settings(tmp_path):
     folder = user_setup(tmp_path)
+    add_recipes(folder)
     (folder / "recipe" / "cache_check.py").write_text(RECIPE)
     bin_dir = _fake_cf(tmp_path)
     output = sis_manager(folder, "recipe/cache_check.py", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})

@@ -4,12 +4,9 @@ that survive the cleanup, a longer training that continues a finished one, best-
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
-from .sis_setup import REPO, failed_jobs, job_file, job_folders, sis_manager, user_setup
-
-RECIPES = Path(__file__).resolve().parent / "recipes"
+from .sis_setup import REPO, add_recipes, failed_jobs, job_file, job_folders, sis_manager, user_setup
 
 
 def _run_stage(folder: Path, stage: int) -> str:
@@ -34,7 +31,7 @@ def test_cleanup_longer_training_and_downstream_jobs(tmp_path):
     import torch
 
     folder = user_setup(tmp_path)
-    shutil.copy(RECIPES / "lifecycle.py", folder / "recipe" / "lifecycle.py")
+    add_recipes(folder, "lifecycle.py")
     assert "JOB_AUTO_CLEANUP" not in (REPO / "settings.py").read_text().replace("# Sisyphus' job cleanup", "")
 
     _run_stage(folder, 1)

@@ -3,15 +3,21 @@ requirements (they were far from their limits) and finish; the forward output eq
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .sis_setup import failed_jobs, job_file, job_folders, kill_worker, start_sis_manager, submissions, user_setup
-
-RECIPES = Path(__file__).resolve().parent / "recipes"
+from .sis_setup import (
+    add_recipes,
+    failed_jobs,
+    job_file,
+    job_folders,
+    kill_worker,
+    start_sis_manager,
+    submissions,
+    user_setup,
+)
 
 
 def _wait_for(condition, what: str, timeout: float = 300) -> None:
@@ -24,6 +30,10 @@ def _wait_for(condition, what: str, timeout: float = 300) -> None:
 def _one(folder: Path, job_class: str) -> Path:
     _wait_for(lambda: job_folders(folder, job_class), f"a {job_class} folder")
     return job_folders(folder, job_class)[0]
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def _epoch_stored(training: Path, epoch: int) -> bool:
@@ -48,18 +58,19 @@ def test_killed_training_and_forward_are_resubmitted_unchanged_and_finish(tmp_pa
     import numpy as np
 
     folder = user_setup(tmp_path)
-    for name in ("preempted.py", "slow_model.py"):
-        shutil.copy(RECIPES / name, folder / "recipe" / name)
+    add_recipes(folder, "preempted.py", "slow_model.py")
     log = tmp_path / "manager.log"
     manager = start_sis_manager(folder, "recipe/preempted.py", log)
     try:
         training = _one(folder, "MiniReturnnTrainingJob")
         _wait_for(lambda: _epoch_stored(training, 1), "epoch 1 of the training")
-        assert kill_worker(training) >= 2  # the worker and the runtime it started
+        assert kill_worker(training) >= 2  # the worker and the runtime it started, in epoch 2 (2.4 s an epoch)
+        assert not (training / "output" / "models" / "epoch.003.pt").exists()
         forward = _one(folder, "MiniReturnnForwardJob")
-        _wait_for(lambda: (forward / "work" / "returnn.log").exists(), "the forward run")
-        time.sleep(1.5)  # in the middle of forwarding (0.4 s a batch, 10 batches)
+        _wait_for(lambda: "Loading checkpoint" in _text(forward / "work" / "returnn.log"), "the forward run")
+        time.sleep(1.0)  # in the middle of forwarding (1.5 s a batch, 3 batches)
         assert kill_worker(forward) >= 2
+        assert not (forward / "output" / "log_probs.hdf").exists()
         manager.wait(timeout=600)
     finally:
         if manager.poll() is None:

@@ -11,25 +11,16 @@ import os
 from i6_core.returnn.config import ReturnnConfig
 from i6_core.returnn.training import GetBestEpochJob, GetBestPtCheckpointJob
 from sisyphus import tk
+from toy_setup import corpus, ctc_network
 
 from jobs import HdfDumpJob, MiniReturnnForwardJob, MiniReturnnTrainingJob
-from jobs.serialization import Collection, Network
-
-CORPUS = {"class": "SyntheticSpeechDataset", "num_classes": 10, "feature_dim": 16}
+from jobs.serialization import Collection
 
 
 def py():
     stage = int(os.environ.get("LIFECYCLE_STAGE", "3"))
-    train_hdf = HdfDumpJob({**CORPUS, "num_seqs": 200, "seed": 1}, cpu_rqmt=1, time_rqmt=1).out_hdf
-    dev_hdf = HdfDumpJob({**CORPUS, "num_seqs": 40, "seed": 2}, cpu_rqmt=1, time_rqmt=1).out_hdf
-    network = Network(
-        "demo_model.CtcModel",
-        {"feature_dim": 16, "num_labels": 10, "hidden": 16},
-        train_step="demo_model.train_step",
-        forward_step="demo_model.forward_step",
-        forward_init_hook="demo_model.forward_init_hook",
-        forward_finish_hook="demo_model.forward_finish_hook",
-    )
+    train_hdf, dev_hdf = corpus(200, 40)
+    network = ctc_network()
     config = ReturnnConfig(
         config={
             "train": {"class": "HDFDataset", "files": [train_hdf], "seq_ordering": "laplace:.20"},
@@ -50,7 +41,7 @@ def py():
     tk.register_output("lifecycle/first/learning_rates", first.out_learning_rates)
     tk.register_output("lifecycle/first/score_and_error.png", first.out_plot_se)
     if stage >= 2:
-        more = HdfDumpJob({**CORPUS, "num_seqs": 40, "seed": 3}, cpu_rqmt=1, time_rqmt=1)
+        more = HdfDumpJob({"class": "SyntheticSpeechDataset", "num_seqs": 40, "seed": 3}, cpu_rqmt=1, time_rqmt=1)
         tk.register_output("lifecycle/more.hdf", more.out_hdf)
     if stage >= 3:
         longer = training(4, continue_from=first)

@@ -3,23 +3,15 @@ resubmits both, with the same requirements, and both finish."""
 
 from i6_core.returnn.config import ReturnnConfig
 from sisyphus import tk
+from toy_setup import corpus, ctc_network
 
-from jobs import HdfDumpJob, MiniReturnnForwardJob, MiniReturnnTrainingJob
-from jobs.serialization import Collection, Import, Network
-
-CORPUS = {"class": "SyntheticSpeechDataset", "num_classes": 10, "feature_dim": 16}
+from jobs import MiniReturnnForwardJob, MiniReturnnTrainingJob
+from jobs.serialization import Collection, Import
 
 
 def py():
-    train_hdf = HdfDumpJob({**CORPUS, "num_seqs": 600, "seed": 1}, cpu_rqmt=1, time_rqmt=1).out_hdf
-    dev_hdf = HdfDumpJob({**CORPUS, "num_seqs": 40, "seed": 2}, cpu_rqmt=1, time_rqmt=1).out_hdf
-    network = Network(
-        "demo_model.CtcModel",
-        {"feature_dim": 16, "num_labels": 10, "hidden": 32},
-        train_step="demo_model.train_step",
-        forward_init_hook="demo_model.forward_init_hook",
-        forward_finish_hook="demo_model.forward_finish_hook",
-    )
+    train_hdf, dev_hdf = corpus(600, 40)
+    network = ctc_network(hidden=32, train_step="slow_model.train_step", forward_step=None)
     config = ReturnnConfig(
         config={
             "train": {"class": "HDFDataset", "files": [train_hdf], "seq_ordering": "laplace:.20"},
