@@ -173,41 +173,9 @@ def test_a_check_that_cannot_run_here_leaves_it_to_the_node(tmp_path, capsys):
     assert "Config check could not run (exit status 1)" in out and "ImportError: torch" in out
 
 
-# ---- through the real `sis manager` --------------------------------------------------------------------------------
+# ---- through the real `sis manager` (a bare Network training and forwarding there: tests/jobs/test_job_lifecycle.py)
 
 CORPUS = "{'class': 'SyntheticSpeechDataset', 'num_seqs': 12, 'num_classes': 4, 'feature_dim': 4}"
-GOOD_RECIPE = f'''
-"""A training and a forward with a bare Network in python_epilog, the way returnn_common's README writes it."""
-
-from i6_core.returnn.config import ReturnnConfig
-from sisyphus import tk
-
-from jobs import MiniReturnnForwardJob, MiniReturnnTrainingJob
-from jobs.serialization import Network
-
-
-def py():
-    network = Network(
-        "demo_model.CtcModel",
-        {{"feature_dim": 4, "num_labels": 4, "hidden": 4}},
-        train_step="demo_model.train_step",
-        forward_step="demo_model.forward_step",
-        forward_init_hook="demo_model.forward_init_hook",
-        forward_finish_hook="demo_model.forward_finish_hook",
-    )
-    config = ReturnnConfig(
-        config={{"train": {CORPUS}, "batch_size": 2000, "optimizer": {{"class": "adam"}}, "learning_rates": [1e-3]}},
-        python_epilog=[network],
-    )
-    train = MiniReturnnTrainingJob(config, num_epochs=1, device="cpu", cpu_rqmt=1, mem_rqmt=2, time_rqmt=1)
-    tk.register_output("bare/learning_rates", train.out_learning_rates)
-    forward_config = ReturnnConfig(config={{"forward": {CORPUS}, "batch_size": 2000}}, python_epilog=[network])
-    forward = MiniReturnnForwardJob(
-        train.out_checkpoints[1], forward_config, output_files=["log_probs.hdf"], device="cpu", cpu_rqmt=1
-    )
-    tk.register_output("bare/log_probs.hdf", forward.out_files["log_probs.hdf"])
-'''
-
 BAD_RECIPE = f'''
 """Three trainings whose configs build and hash, but which the runtime would refuse on the node."""
 
@@ -241,15 +209,6 @@ def py():
         job = MiniReturnnTrainingJob(returnn_config, num_epochs=1, device="cpu", cpu_rqmt=1, mem_rqmt=2, time_rqmt=1)
         tk.register_output(f"bad/{{name}}/learning_rates", job.out_learning_rates)
 '''
-
-
-def test_a_bare_network_trains_to_the_end_through_the_manager(tmp_path):
-    folder = user_setup(tmp_path)
-    (folder / "recipe" / "bare_network.py").write_text(textwrap.dedent(GOOD_RECIPE))
-    output = sis_manager(folder, "recipe/bare_network.py")
-    assert not failed_jobs(folder) and "All output calculated" in output, output[-3000:]
-    assert (folder / "output" / "bare" / "learning_rates").exists()
-    assert (folder / "output" / "bare" / "log_probs.hdf").stat().st_size > 0
 
 
 def test_a_config_the_node_would_refuse_fails_in_create_files_before_any_run(tmp_path):

@@ -3,7 +3,8 @@
 The stages are the recipes a user runs one after the other (`sis manager -r recipe/lifecycle.py`, with the stage in
 LIFECYCLE_STAGE): 1 trains 2 epochs; 2 adds another job, so that the manager runs again and its cleaner cleans the
 finished training up; 3 continues the training to 4 epochs, trains 4 epochs from scratch for comparison, and runs
-i6_core's best-epoch jobs on the cleaned-up training and on the continued one, and a forward job.
+i6_core's best-epoch jobs on the cleaned-up training and on the continued one, and a forward job. The configs hold
+the model code as returnn_common's README writes it: a bare Network in python_epilog.
 """
 
 import os
@@ -14,7 +15,6 @@ from sisyphus import tk
 from toy_setup import corpus, ctc_network
 
 from jobs import HdfDumpJob, MiniReturnnForwardJob, MiniReturnnTrainingJob
-from jobs.serialization import Collection
 
 
 def py():
@@ -29,7 +29,7 @@ def py():
             "optimizer": {"class": "adam"},
             "learning_rates": [3e-3, 3e-3, 1e-3, 1e-3],
         },
-        python_epilog=[Collection([network])],
+        python_epilog=[network],
     )
 
     def training(num_epochs, **kwargs):
@@ -55,7 +55,7 @@ def py():
         tk.register_output("lifecycle/longer/best.pt", best.out_checkpoint.path)
         forward_config = ReturnnConfig(
             config={"forward": {"class": "HDFDataset", "files": [dev_hdf]}, "batch_size": 8000},
-            python_epilog=[Collection([network])],
+            python_epilog=[network],
         )
         forward = MiniReturnnForwardJob(
             best.out_checkpoint, forward_config, output_files=["log_probs.hdf"], device="cpu", cpu_rqmt=1

@@ -1,5 +1,6 @@
 """A training and a forward job whose workers a test kills mid-run (as a lost node or a preemption does): Sisyphus
-resubmits both, with the same requirements, and both finish."""
+resubmits both, with the same requirements, and both finish. The forward reads epoch 1, so it runs while the
+training goes on (a checkpoint is available once written)."""
 
 from i6_core.returnn.config import ReturnnConfig
 from sisyphus import tk
@@ -28,6 +29,6 @@ def py():
         python_epilog=[Collection([network, Import("slow_model.forward_step", import_as="forward_step")])],
     )
     forward = MiniReturnnForwardJob(
-        train.out_checkpoints[3], forward_config, output_files=["log_probs.hdf"], device="cpu", cpu_rqmt=1, mem_rqmt=4
+        train.out_checkpoints[1], forward_config, output_files=["log_probs.hdf"], device="cpu", cpu_rqmt=1, mem_rqmt=4
     )
     tk.register_output("preempted/dev_log_probs.hdf", forward.out_files["log_probs.hdf"])
