@@ -5,14 +5,20 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import subprocess
 from typing import Any, Dict, Iterator, List, Optional
 
 from i6_core.returnn.config import ReturnnConfig
 from i6_core.returnn.training import PtCheckpoint
 from sisyphus import Job, Task, tk
 
-from .launch import python_executable, refuse_job_controlled_keys, runtime_command, runtime_env, write_runtime_config
+from .launch import (
+    python_executable,
+    refuse_job_controlled_keys,
+    run_runtime,
+    runtime_command,
+    runtime_env,
+    write_runtime_config,
+)
 
 # Keys the job sets itself: a config that sets them gets an error saying what to use instead.
 JOB_CONTROLLED_KEYS = {
@@ -90,7 +96,7 @@ class MiniReturnnForwardJob(Job):
             if os.path.lexists(name):
                 os.remove(name)
         command = runtime_command(python_executable(self.python_exe), self.out_returnn_config_file.get_path())
-        subprocess.check_call(command, env=runtime_env(self.rqmt["cpu"]))
+        run_runtime(command, runtime_env(self.rqmt["cpu"]))
         missing = [name for name in self.output_files if not os.path.exists(name)]
         if missing:
             raise FileNotFoundError(f"The forward hooks did not write the declared output(s): {missing}")

@@ -7,7 +7,6 @@ import ast
 import copy
 import os
 import shutil
-import subprocess
 from typing import Any, Dict, Iterator, List, Optional, TypeVar, Union
 
 from i6_core.returnn.config import CodeWrapper, ReturnnConfig
@@ -15,7 +14,14 @@ from sisyphus import Job, Task, tk
 
 from i6_minireturnn.atomic_file import is_temp_file
 
-from .launch import PACKAGE_ROOT, check_written_config, python_executable, runtime_env, write_runtime_config
+from .launch import (
+    PACKAGE_ROOT,
+    check_written_config,
+    python_executable,
+    run_runtime,
+    runtime_env,
+    write_runtime_config,
+)
 
 T = TypeVar("T")
 
@@ -147,7 +153,7 @@ class HdfDumpJob(Job):
         python = python_executable(self.python_exe)
         command = [python, "-m", "i6_minireturnn.tools.hdf_dump", self.out_returnn_config_file.get_path()]
         command += [self.out_hdf.get_path(), "--dataset", "train", *self.range_arguments()]
-        subprocess.check_call(command, env=runtime_env(self.rqmt["cpu"]))
+        run_runtime(command, runtime_env(self.rqmt["cpu"]))
 
     def range_arguments(self) -> List[str]:
         """The tool's ``--start_seq``/``--end_seq``/``--epoch`` for the arguments that are set."""

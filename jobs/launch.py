@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
@@ -74,6 +75,23 @@ def runtime_command(
     if layout is not None and layout.distributed:
         return [python, "-m", "torch.distributed.run", *torchrun_arguments(layout, rendezvous), *command]
     return [python, *command]
+
+
+# The exit status Sisyphus' worker reads as "killed for its memory" (the shell's 128 + SIGKILL, as SGE reports an
+# out-of-memory kill): it marks the task interrupted with out_of_memory, and the manager resubmits it with more memory.
+KILLED_FOR_MEMORY_STATUS = 128 + signal.SIGKILL
+
+
+def run_runtime(command: Sequence[str], env: Mapping[str, str]) -> None:
+    """Runs the runtime's `command` and raises CalledProcessError where it fails. A runtime killed by SIGKILL (the
+    kernel's out-of-memory killer picks the largest process, the runtime, and the worker lives on) is reported with
+    exit status 137, so that Sisyphus resubmits the task with more memory instead of giving up on it as failed."""
+    status = subprocess.call(list(command), env=dict(env))
+    if status == -signal.SIGKILL:
+        print(f"The runtime was killed (SIGKILL), most likely for its memory: exit status {KILLED_FOR_MEMORY_STATUS}")
+        raise subprocess.CalledProcessError(KILLED_FOR_MEMORY_STATUS, list(command))
+    if status != 0:
+        raise subprocess.CalledProcessError(status, list(command))
 
 
 def shell_command(command: Sequence[str]) -> str:

@@ -8,7 +8,6 @@ import functools
 import os
 import shutil
 import stat
-import subprocess
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
 from i6_core.returnn.config import ReturnnConfig
@@ -26,6 +25,7 @@ from .launch import (
     LEARNING_RATE_FILE,
     python_executable,
     refuse_job_controlled_keys,
+    run_runtime,
     runtime_command,
     runtime_env,
     shell_command,
@@ -306,7 +306,7 @@ class MiniReturnnTrainingJob(Job):
         """Trains (continuing from the newest checkpoint if any), copies the learning_rates file into ``output/`` and
         checks every declared output exists (on several nodes, node rank 0 does)."""
         rendezvous = self._rendezvous(os.environ)
-        subprocess.check_call(self._command(rendezvous), env=runtime_env(self.rqmt["cpu"] // self.layout.per_node))
+        run_runtime(self._command(rendezvous), runtime_env(self.rqmt["cpu"] // self.layout.per_node))
         if rendezvous is not None and rendezvous.node_rank != 0:
             return
         learning_rates = os.path.abspath(LEARNING_RATE_FILE)

@@ -324,3 +324,19 @@ def test_continue_from_declares_the_earlier_and_the_new_epochs_and_needs_more_ep
     assert longer.job_id() != MiniReturnnTrainingJob(make_config(batch_size=27), num_epochs=8, device="cpu").job_id()
     with pytest.raises(ValueError, match="trained 4 epochs: num_epochs must be larger, got 4"):
         MiniReturnnTrainingJob(make_config(batch_size=28), num_epochs=4, device="cpu", continue_from=earlier)
+
+
+def test_a_runtime_killed_by_sigkill_reads_to_sisyphus_as_killed_for_its_memory(tmp_path):
+    # The kernel's out-of-memory killer SIGKILLs the largest process, the runtime, and the worker lives on: exit
+    # status 137 is what Sisyphus' worker reads as out of memory (the task is resubmitted with more memory, see
+    # update_rqmt) instead of a failed task that the manager gives up on.
+    from jobs.launch import run_runtime
+
+    suicide = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    with pytest.raises(subprocess.CalledProcessError) as killed:
+        run_runtime(suicide, dict(os.environ))
+    assert killed.value.returncode == 137
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_runtime([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ))
+    assert failed.value.returncode == 3
+    run_runtime([sys.executable, "-c", "pass"], dict(os.environ))
