@@ -462,7 +462,8 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self._cleanup()
 
     def _should_save(self, epoch: int) -> bool:
-        interval = self.config.int("save_interval", 1)
+        # the attribute, not the config: a CustomEngine may set it, as Mini-RETURNN's engine honours
+        interval = self._save_model_epoch_interval
         return bool(self.model_filename) and (epoch % max(interval, 1) == 0 or epoch == self._final_epoch)
 
     def _train_one_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int) -> StepResult:

@@ -122,6 +122,24 @@ def test_save_interval(tmp_path, run_cli):
     assert stored == ["model.002.pt", "model.004.pt", "model.005.pt"]  # the final epoch is always saved
 
 
+def test_save_interval_set_by_a_custom_engine(tmp_path, run_cli):
+    config = write_config(
+        tmp_path,
+        """
+        num_epochs = 5
+        from i6_minireturnn.engine.engine import Engine
+        class CustomEngine(Engine):
+            def __init__(self, config):
+                super().__init__(config)
+                self._save_model_epoch_interval = 2  # Mini-RETURNN's attribute
+        """,
+    )
+    code, _, err = run_cli(config)
+    assert code == 0, err
+    stored = sorted(f for f in os.listdir(tmp_path / "out") if f.endswith(".pt") and ".opt." not in f)
+    assert stored == ["model.002.pt", "model.004.pt", "model.005.pt"]
+
+
 def test_preload_with_prefix_and_import_model(tmp_path, run_cli):
     source = {"model": {"weight": torch.full((3, 2), 7.0), "bias": torch.full((3,), -1.0)}, "epoch": 9, "step": 99}
     torch.save(source, tmp_path / "pretrained.pt")
