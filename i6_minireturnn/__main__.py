@@ -70,9 +70,9 @@ Tools (each with --help):
   RETURNN's names, in this repository: tools/hdf_dump.py, tools/dump-dataset.py, tools/bliss-to-ogg-zip.py,
   tools/torch_avg_checkpoints.py, tools/torch_export_to_onnx.py, and tools/plot_training.py
 
-Docs: README.md, sections "Running configs" (tasks, the config surface and its keys, checkpoints and resuming,
-several GPUs, errors), "Existing model files: the returnn.* names", "Datasets", "Tools", "Sisyphus jobs";
-docs/compat.md (the returnn.* names model files use), docs/architecture.md (the map of the code), docs/*.md."""
+Docs: README.md (start here); docs/running.md (tasks, the config surface and its keys, checkpoints and resuming,
+errors), docs/datasets.md, docs/tools.md, docs/distributed.md (several GPUs), docs/compat.md (the returnn.* names
+model files use), docs/jobs.md (Sisyphus jobs), docs/architecture.md (the map of the code), docs/*.md."""
 
 
 def version_text() -> str:

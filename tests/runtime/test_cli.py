@@ -177,8 +177,10 @@ def test_help_lists_tasks_keys_tools_and_docs(run_cli):
     for doc in re.findall(r"docs/(\w+\.md)", out):
         assert (REPO / "docs" / doc).is_file(), doc
     readme = (REPO / "README.md").read_text()
-    for section in ("Running configs", "Existing model files: the", "Datasets", "Tools", "Sisyphus jobs"):
-        assert f'"{section}' in out and f"# {section}" in readme, section
+    for doc in ("running", "datasets", "tools", "distributed", "compat", "jobs", "architecture"):
+        assert f"docs/{doc}.md" in out and f"`docs/{doc}.md`" in readme, doc  # the help and the README's map
+    for doc in re.findall(r"`((?:docs|benchmarks)/\w+\.md)`", readme):
+        assert (REPO / doc).is_file(), doc
     assert '"[1e-3] * 5"' in out  # the rule for values
 
 
