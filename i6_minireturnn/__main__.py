@@ -15,6 +15,7 @@ from . import __version__, compat
 from .config import Config, load_config, set_global_config, split_args
 from .config_keys import check_unsupported_keys
 from .config_validation import validate_config
+from .engine.stack_dump import stack_dumps
 from .engine.stop_signals import StopRequested
 from .errors import ConfigError, UserError
 from .log import log
@@ -212,7 +213,8 @@ def _main(argv: List[str]) -> int:
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) then fails the write with a message, not a kill
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        run(argv)
+        with stack_dumps():  # SIGUSR1 (clusters' time-limit warning) prints the threads' stacks; the run goes on
+            run(argv)
     except StopRequested as stop:
         _report(str(stop))
         return stop.exit_code

@@ -4,6 +4,8 @@ Clusters preempt jobs with SIGTERM (then SIGKILL); users press Ctrl-C. The handl
 the main thread, which ends the epoch in progress without storing it; inside a :meth:`StopSignals.deferred` block
 (storing an epoch) the request waits until the block is done, so the epoch is stored as a whole. The command line
 exits with 128 + the signal number (143, 130).
+
+SIGUSR1 and SIGUSR2 do not stop a run: they print the threads' stacks (:mod:`.stack_dump`, for the whole command line).
 """
 
 from __future__ import annotations
