@@ -63,10 +63,21 @@ def format_value(value: Any) -> str:
 def read_learning_rate_file(filename: str) -> Dict[int, EpochData]:
     """Parses a learning_rates file (a Python dict literal of EpochData entries).
 
-    A missing file raises OSError; content that is no such dict raises :class:`FileFormatError` naming the file.
+    A missing file raises FileNotFoundError; a file that cannot be read (a folder under the name, no permission) or
+    content that is no such dict raises :class:`FileFormatError` naming the file.
     """
-    with open(filename, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(filename, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise FileFormatError(
+            f"Cannot read learning_rate_file {filename}: it is a folder, a file name is expected; remove or rename "
+            "the folder, or set learning_rate_file to another file name"
+        ) from None
+    except OSError as exc:  # without permission, or the filesystem fails: the file is named, no traceback
+        raise FileFormatError(f"Cannot read learning_rate_file {filename}: {exc.strerror or exc}") from None
     namespace = {"EpochData": EpochData, "nan": float("nan"), "inf": float("inf"), "__builtins__": {"float": float}}
     try:
         data = eval(text, namespace)  # noqa: S307 -- the file format is a Python literal with EpochData calls
