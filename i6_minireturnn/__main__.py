@@ -13,8 +13,8 @@ from typing import List, NoReturn, Optional, Sequence
 
 from . import __version__, compat
 from .config import Config, load_config, set_global_config, split_args
-from .config_keys import check_unsupported_keys
-from .config_validation import validate_config
+from .config_schema import help_text
+from .config_validation import check_unsupported_keys, validate_config
 from .engine.stack_dump import stack_dumps
 from .engine.stop_signals import StopRequested
 from .errors import ConfigError, UserError
@@ -23,7 +23,9 @@ from .log import log
 USAGE = """usage: python -m i6_minireturnn CONFIG [CONFIG ...] [++key value | --key value ...]
        python -m i6_minireturnn --help | --version"""
 
-HELP = USAGE + """
+HELP = (
+    USAGE
+    + """
 
 Runs a RETURNN / Mini-RETURNN style config: Python code (every module-level name is a key), JSON or line-based
 "key value" files, read in order. Also started as `i6-minireturnn CONFIG ...` or `python rnn.py CONFIG ...`.
@@ -44,17 +46,10 @@ Tasks (task = ...):
   initialize_model  creates the model (and preload_from_files) and saves it as epoch file
   nop               loads the config and does nothing
 
-Most used keys:
-  task, device                  see above; device: cpu, cuda, cuda:N, gpu (default: CUDA where available)
-  train, dev, eval_datasets     dataset dicts {"class": ..., ...}; forward / forward_data for task forward
-  batch_size, max_seqs          frames (max length * sequences) and sequences per batch
-  num_epochs, model             epochs to train; checkpoint prefix (<model>.NNN.pt)
-  optimizer                     {"class": "adam", ...}: a torch.optim class by name and its arguments
-  learning_rate, learning_rates one rate, or a list for epochs 1, 2, ...; learning_rate_control: newbob_*, ...
-  learning_rate_file            RETURNN's learning_rates file (scores per epoch)
-  load, load_epoch, preload_from_files   which parameters forward / eval / a fresh training start from
-  log, log_verbosity            log files besides stdout; verbosity 1-5
-  torch_distributed             {} to train on several GPUs when started by torchrun
+Config keys (docs/config.md: each key's default and meaning; a misspelt key is refused naming the key meant):
+"""
+    + help_text()
+    + """
 Functions: get_model(*, epoch, step, **kwargs), train_step(*, model, data, run_ctx, **kwargs),
   forward_step(*, model, data, run_ctx, **kwargs), forward_init_hook(run_ctx, **kwargs),
   forward_finish_hook(run_ctx, **kwargs), and a CustomEngine class.
@@ -71,9 +66,10 @@ Tools (each with --help):
   RETURNN's names, in this repository: tools/hdf_dump.py, tools/dump-dataset.py, tools/bliss-to-ogg-zip.py,
   tools/torch_avg_checkpoints.py, tools/torch_export_to_onnx.py, and tools/plot_training.py
 
-Docs: README.md (start here); docs/running.md (tasks, the config surface and its keys, checkpoints and resuming,
-errors), docs/datasets.md, docs/tools.md, docs/distributed.md (several GPUs), docs/compat.md (the returnn.* names
-model files use), docs/jobs.md (Sisyphus jobs), docs/architecture.md (the map of the code), docs/*.md."""
+Docs: README.md (start here); docs/config.md (every key); docs/running.md (tasks, the config surface, checkpoints
+and resuming, errors), docs/datasets.md, docs/tools.md, docs/distributed.md (several GPUs), docs/compat.md (the
+returnn.* names model files use), docs/jobs.md (Sisyphus jobs), docs/architecture.md (the map of the code)."""
+)
 
 
 def version_text() -> str:
@@ -89,8 +85,8 @@ def version_text() -> str:
 
 def init_log(config: Config) -> None:
     """``log_verbosity`` (1-5) and ``log`` (file or list of files) besides stdout."""
-    verbosity = config.int("log_verbosity", 4)
-    log_files = [str(f) for f in config.list("log", []) if f]
+    verbosity = config.int("log_verbosity")
+    log_files = [str(f) for f in config.list("log") if f]
     log.initialize(verbosity=verbosity, log_files=log_files)
 
 
@@ -111,7 +107,7 @@ def create_engine(config: Config):
     """The engine, or the config's ``CustomEngine`` class."""
     from .engine.engine import Engine
 
-    engine_class = config.typed_value("CustomEngine", None) or Engine
+    engine_class = config.typed_value("CustomEngine") or Engine
     if not (isinstance(engine_class, type) and issubclass(engine_class, Engine)):
         raise ConfigError("CustomEngine must be a subclass of returnn.torch.engine.Engine")
     if engine_class is not Engine:
@@ -121,7 +117,7 @@ def create_engine(config: Config):
 
 def execute_task(config: Config, engine) -> None:
     """Runs ``task`` (train | eval | forward | compute_priors | initialize_model | nop)."""
-    task = config.value("task", "train")
+    task = config.value("task")
     if task == "train":
         engine.init_train()
         engine.train()

@@ -13,10 +13,19 @@ import traceback
 import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .config_keys import KNOWN_CONFIG_KEYS
+from .config_rules import parse_bool
+from .config_schema import KNOWN_CONFIG_KEYS, SUGGESTED_KEYS, default_of
 from .errors import ConfigError
 
 _NOT_SET = object()
+# A getter called without a default gets the key's declared default (config_schema.py), None for undeclared keys.
+_DECLARED = object()
+
+
+def _default(key: str, default: Any) -> Any:
+    return default_of(key) if default is _DECLARED else default
+
+
 _LINE_CONFIG_RE = re.compile(r"^\s*(#.*)?$|^\s*[A-Za-z_][\w.\-]*\s+\S")
 # Names every Python config has and which are no config keys.
 _PYTHON_CONFIG_BUILTINS = {"config", "__file__", "__name__", "__builtins__"}
@@ -138,10 +147,11 @@ class Config:
             return self.typed_dict[key] is not None
         return key in self.dict
 
-    def typed_value(self, key: str, default: Any = None, index: Optional[int] = None) -> Any:
-        """The value as the config has it (Python object); line-based entries come as strings."""
+    def typed_value(self, key: str, default: Any = _DECLARED, index: Optional[int] = None) -> Any:
+        """The value as the config has it (Python object); line-based entries come as strings. Every getter returns
+        `default` for an unset key, or where none is given the key's declared default."""
         self._read_keys.add(key)
-        return self.peek(key, default, index)
+        return self.peek(key, _default(key, default), index)
 
     def peek(self, key: str, default: Any = None, index: Optional[int] = None) -> Any:
         """Like :func:`typed_value`, but the key does not count as read (for checks that look at every key)."""
@@ -158,28 +168,28 @@ class Config:
             value = value[index]
         return value
 
-    def opt_typed_value(self, key: str, default: Any = None) -> Any:
+    def opt_typed_value(self, key: str, default: Any = _DECLARED) -> Any:
         """Like :func:`typed_value`, but line-based (string) entries count as unset."""
         if key in self.typed_dict:
             return self.typed_value(key, default)
-        return default
+        return _default(key, default)
 
-    def value(self, key: str, default: Any = None, index: Optional[int] = None, list_join_str: str = ",") -> Any:
+    def value(self, key: str, default: Any = _DECLARED, index: Optional[int] = None, list_join_str: str = ",") -> Any:
         """The value as a string (lists joined), or `default`."""
         value = self.typed_value(key, _NOT_SET)
         if value is _NOT_SET:
-            return default
+            return _default(key, default)
         if isinstance(value, (list, tuple)):
             if index is not None:
                 return str(value[index])
             return list_join_str.join(str(v) for v in value)
         return value if isinstance(value, str) else str(value)
 
-    def int(self, key: str, default: Any = None, index: int = 0) -> Any:
+    def int(self, key: str, default: Any = _DECLARED, index: int = 0) -> Any:
         """The value as an int; a clear error when it is something else."""
         value = self.typed_value(key, _NOT_SET)
         if value is _NOT_SET:
-            return default
+            return _default(key, default)
         if isinstance(value, (list, tuple)):
             value = value[index]
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):
@@ -193,11 +203,11 @@ class Config:
         except ValueError:
             raise self.type_error(key, value, "an integer") from None
 
-    def float(self, key: str, default: Any = None, index: int = 0) -> Any:
+    def float(self, key: str, default: Any = _DECLARED, index: int = 0) -> Any:
         """The value as a float; a clear error when it is something else."""
         value = self.typed_value(key, _NOT_SET)
         if value is _NOT_SET:
-            return default
+            return _default(key, default)
         if isinstance(value, (list, tuple)):
             value = value[index]
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -207,11 +217,11 @@ class Config:
         except ValueError:
             raise self.type_error(key, value, "a number") from None
 
-    def bool(self, key: str, default: Any = None, index: int = 0) -> Any:
+    def bool(self, key: str, default: Any = _DECLARED, index: int = 0) -> Any:
         """The value as a bool (also from strings like 'true'/'0'); a clear error otherwise."""
         value = self.typed_value(key, _NOT_SET)
         if value is _NOT_SET:
-            return default
+            return _default(key, default)
         if isinstance(value, (list, tuple)):
             value = value[index]
         parsed = parse_bool(value)
@@ -219,39 +229,40 @@ class Config:
             raise self.type_error(key, value, "a bool")
         return parsed
 
-    def bool_or_other(self, key: str, default: Any = None, index: int = 0) -> Any:
+    def bool_or_other(self, key: str, default: Any = _DECLARED, index: int = 0) -> Any:
         """The value as a bool where it is one, else the value itself (e.g. a dict of options)."""
         value = self.typed_value(key, _NOT_SET)
         if value is _NOT_SET:
-            return default
+            return _default(key, default)
         parsed = parse_bool(value)
         return value if parsed is None else parsed
 
-    def is_true(self, key: str, default: bool = False) -> bool:
+    def is_true(self, key: str, default: Any = _DECLARED) -> bool:
         """Whether the key holds a true value."""
         return bool(self.bool_or_other(key, default))
 
-    def list(self, key: str, default: Optional[list] = None) -> list:
+    def list(self, key: str, default: Any = _DECLARED) -> list:
         """The value as a list (a single value becomes a one-element list)."""
         value = self.typed_value(key, _NOT_SET)
         if value is _NOT_SET:
+            default = _default(key, default)
             return [] if default is None else default
         if isinstance(value, (list, tuple)):
             return list(value)
         return [value]
 
-    def int_list(self, key: str, default: Optional[list] = None) -> List[int]:
+    def int_list(self, key: str, default: Any = _DECLARED) -> List[int]:
         """The value as a list of ints."""
         return [self._coerce(key, v, int, "a list of integers") for v in self.list(key, default)]
 
-    def float_list(self, key: str, default: Optional[list] = None) -> List[float]:
+    def float_list(self, key: str, default: Any = _DECLARED) -> List[float]:
         """The value as a list of floats."""
         return [self._coerce(key, v, float, "a list of numbers") for v in self.list(key, default)]
 
-    def get_of_type(self, key: str, types_: Any, default: Any = None) -> Any:
+    def get_of_type(self, key: str, types_: Any, default: Any = _DECLARED) -> Any:
         """The typed value if it is of `types_`, else `default`."""
         value = self.typed_value(key, _NOT_SET)
-        return value if value is not _NOT_SET and isinstance(value, types_) else default
+        return value if value is not _NOT_SET and isinstance(value, types_) else _default(key, default)
 
     def _coerce(self, key: str, value: Any, type_: type, what: str) -> Any:
         if isinstance(value, bool):
@@ -307,7 +318,7 @@ class Config:
         for key in self.user_keys():
             if key in KNOWN_CONFIG_KEYS or key in self._read_keys:
                 continue
-            candidates = [k for k in KNOWN_CONFIG_KEYS if k not in self.typed_dict and k not in self.dict]
+            candidates = [k for k in sorted(SUGGESTED_KEYS) if k not in self.typed_dict and k not in self.dict]
             close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.85)
             if close:
                 result[key] = close[0]
@@ -315,7 +326,7 @@ class Config:
 
     def check_misspelt_keys(self) -> None:
         """Raises for keys that look like typos of known keys (a misspelt key must not pass silently)."""
-        if not self.bool("check_unused_config_keys", True):
+        if not self.bool("check_unused_config_keys"):
             return
         misspelt = self.misspelt_keys()
         if misspelt:
@@ -486,23 +497,6 @@ def _bounded(value: Any) -> Any:
     if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
         raise ValueError(f"the result would have more than {_MAX_INT_BITS} bits")
     return value
-
-
-def parse_bool(value: Any) -> Optional[bool]:
-    """The bool a config value stands for (also 0 / 1 and 'true' / 'false' strings); None where it stands for none."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "yes", "on", "1"):
-            return True
-        if lowered in ("false", "no", "off", "0", "none"):
-            return False
-    if value is None:
-        return False
-    return None
 
 
 _global_config: Optional[Config] = None

@@ -11,8 +11,6 @@ import math
 import os
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
-from .config import parse_bool
-
 
 class Mismatch(Exception):
     """A value a rule does not take; `entry` is the path inside a dict value (e.g. ``["betas"]``)."""
@@ -34,6 +32,23 @@ Rule = Callable[[Any], None]  # raises Mismatch for a value it does not take
 
 
 # ---- value parsing, as the Config getters do it ------------------------------------------------------------------
+
+
+def parse_bool(value: Any) -> Optional[bool]:
+    """The bool a config value stands for (also 0 / 1 and 'true' / 'false' strings); None where it stands for none."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0", "none"):
+            return False
+    if value is None:
+        return False
+    return None
 
 
 def as_int(value: Any, *, floats: bool = True, strings: bool = True) -> Optional[int]:

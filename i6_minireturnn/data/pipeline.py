@@ -84,12 +84,12 @@ class PipelineOptions:
     def from_config(cls, config: Config, *, device: str) -> PipelineOptions:
         """Reads ``batch_size``, ``max_seqs``, ``batch_drop_last``, ``num_workers_per_gpu``, ``data_worker_type``,
         ``min_seq_length``, ``max_seq_length``, ``chunking_options``; the shard fields keep their defaults."""
-        batch_size = config.typed_value("batch_size", 1)
+        batch_size = config.typed_value("batch_size")
         if isinstance(batch_size, str):
-            batch_size = config.int("batch_size", 1)
-        limits = BatchLimits(batch_size, config.int("max_seqs", -1))
-        num_workers = config.int("num_workers_per_gpu", 1)
-        worker_type = config.value("data_worker_type", "thread")
+            batch_size = config.int("batch_size")
+        limits = BatchLimits(batch_size, config.int("max_seqs"))
+        num_workers = config.int("num_workers_per_gpu")
+        worker_type = config.value("data_worker_type")
         if worker_type not in ("thread", "process"):
             raise ConfigError(f"data_worker_type must be 'thread' or 'process', got {worker_type!r}")
         length_filter = LengthFilter(config.typed_value("min_seq_length"), config.typed_value("max_seq_length"))
@@ -98,7 +98,7 @@ class PipelineOptions:
             length_filter=length_filter if length_filter.active else None,
             chunking=Chunking(chunking_options) if chunking_options else None,
             limits=limits,
-            drop_last=config.bool("batch_drop_last", False),
+            drop_last=config.bool("batch_drop_last"),
             num_workers=max(0, num_workers),
             pin_memory=device.startswith("cuda"),
             worker_type=worker_type,

@@ -1,7 +1,7 @@
 """Writes the files of stored epochs in one background thread, so that training goes on while they reach the disk.
 
 The engine snapshots what an epoch stores on the main thread (tensors copied to CPU, the learning_rates text built)
-and submits one job per file. Jobs run one after another in the order submitted, so the order resume.py relies on
+and submits one job per file. Jobs run one after another in the order submitted, so the order epoch_store.py relies on
 holds on disk. A failed job stops the queue: no later job runs (a learning_rates entry is never written without its
 checkpoint), and the failure is raised on the main thread at the next :meth:`BackgroundStore.submit` or
 :meth:`BackgroundStore.flush`, with its own type and message. Without a thread (``in_background=False``) every job

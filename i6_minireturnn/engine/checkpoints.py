@@ -15,7 +15,7 @@ import torch
 
 from ..atomic_file import is_temp_file, save_torch_atomic
 from ..cache_manager import cached_path
-from ..config import parse_bool
+from ..config_rules import parse_bool
 from ..errors import CheckpointError, ConfigError
 from ..file_formats import MODEL_SUFFIX as MODEL_SUFFIX
 from ..file_formats import OPTIMIZER_SUFFIX as OPTIMIZER_SUFFIX
@@ -80,8 +80,8 @@ def given_checkpoint(config: Config, key: str) -> str:
 
 
 def caches_checkpoints(config: Config) -> bool:
-    """Whether input checkpoints go through the cache manager: top-level ``use_cache_manager`` (unset or None: True)."""
-    return config.typed_value("use_cache_manager", None) is None or config.bool("use_cache_manager")
+    """Whether input checkpoints go through the cache manager: top-level ``use_cache_manager``."""
+    return config.bool("use_cache_manager")
 
 
 def load_file(path: str, *, map_location: Any = "cpu") -> Any:
@@ -286,13 +286,3 @@ def remove_unneeded(model_prefix: str, cleanup_options: Any, scores: Dict[int, D
     remove_old_optimizer_states(model_prefix, keep_newest=2)
     if cleanup_options:
         cleanup_old_models(model_prefix, cleanup_options, scores)
-
-
-def newest_loadable(model_prefix: str) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:
-    """(epoch, checkpoint) of the newest stored epoch that reads back; unreadable ones are reported and skipped."""
-    for epoch in sorted(existing_epochs(model_prefix), reverse=True):
-        try:
-            return epoch, load_model_checkpoint(model_path(model_prefix, epoch))
-        except CheckpointError as exc:
-            print(f"WARNING: skipping unreadable checkpoint of epoch {epoch}: {exc}", file=log.v1)
-    return None, None

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 
 def resolve_device(config: Config) -> str:
     """``device`` = cpu | cuda | cuda:N | gpu (alias of cuda); default: cuda where available, else cpu."""
-    device = config.value("device", None)
+    device = config.value("device")
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "gpu":
@@ -42,7 +42,7 @@ def seed_everything(seed: int) -> None:
 
 def read_amp_dtype(config: Config) -> Optional[torch.dtype]:
     """The autocast dtype of ``torch_amp_options`` (``"bfloat16"``, ``{"dtype": "float16"}``), None without AMP."""
-    options = config.typed_value("torch_amp_options", None)
+    options = config.typed_value("torch_amp_options")
     if options is None:
         return None
     dtype = options.get("dtype") if isinstance(options, dict) else options

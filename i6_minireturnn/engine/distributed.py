@@ -285,7 +285,7 @@ def init_distributed(config: Config, device: str) -> Union[Distributed, SinglePr
     """The process group where ``torch_distributed`` asks for it and torchrun started the run; else one process.
     Several processes without ``torch_distributed`` are an error: each would train the whole model and write the same
     files."""
-    requested = config.typed_value("torch_distributed", None) is not None
+    requested = config.typed_value("torch_distributed") is not None
     world_size = launched_world_size()
     if requested:
         options = DistributedOptions.from_config(config)
@@ -299,7 +299,7 @@ def init_distributed(config: Config, device: str) -> Union[Distributed, SinglePr
             "each process would train the whole model on all data and write the same files. Add "
             "torch_distributed = {} (DistributedDataParallel) to the config, or start one process."
         )
-    if config.bool("use_horovod", False) and "RANK" not in os.environ:
+    if config.bool("use_horovod") and "RANK" not in os.environ:
         raise ConfigError(
             f"use_horovod = True {config.origin('use_horovod')}, but the run was not started by torchrun: "
             "this runtime trains on several processes through torch.distributed only "

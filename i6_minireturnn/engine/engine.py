@@ -5,18 +5,16 @@ Attribute and method names follow Mini-RETURNN because ``CustomEngine`` subclass
 GAN vocoder setups call ``super(Engine, self).init_train(...)`` (hence ``EngineBase``), build their own
 ``Updater`` per optimizer (so ``_updater`` may be a dict of them), and call ``_create_data_loader``,
 ``get_epoch_model``, ``_load_model(epoch=, filename=)``, ``_load_optimizer(epoch)`` and ``_save_optimizer``. Those
-names map onto this engine's own logic (resume.py decides which stored epochs are complete), not onto a second copy;
-the ones that are only translations live in mini_returnn_names.py. Training and evaluation share one step loop
+names map onto this engine's own logic (the epoch files are epoch_store.py's), not onto a second copy; the ones
+that are only translations live in mini_returnn_names.py. Training and evaluation share one step loop
 (:meth:`Engine._step_loop`); what a pass prints is reporting.py's.
 """
 
 from __future__ import annotations
 
-import functools
 import gc
 import inspect
 import itertools
-import os
 import signal
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -29,13 +27,13 @@ from ..data.dataset import Dataset
 from ..data.loader_pacing import PACING
 from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..log import log
 from ..thread_affinity import LOOP_PINNING, pinned_training_loop
-from . import checkpoints, resume
-from .background_store import BackgroundStore
+from . import checkpoints
 from .device import autocast, read_amp_dtype, resolve_device, seed_everything
 from .distributed import init_distributed
+from .epoch_store import EpochStore
 from .inference import InferenceTasks
 from .learning_rate_control import LearningRateControl, learning_rate_control_from_config
 from .loss_tracker import LossTracker, Totals
@@ -69,7 +67,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         start_cuda(self._device)  # overlaps with building datasets and the model on the CPU
         if not self._ranks.is_main:  # rank 0 writes the log (files); the others print warnings and errors only
             log.initialize(verbosity=min(log.verbosity, 1))
-        self.model_filename: Optional[str] = config.value("model", None)
+        self.model_filename: Optional[str] = config.value("model")
         self.epoch = 0
         self._train_step = 0  # global step: number of training steps done
         self._steps_in_epoch: Optional[int] = None  # of this rank; None where the epoch is streamed
@@ -88,17 +86,17 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self._pipeline = PipelineOptions.from_config(config, device=self._device)
         self._reporting = RunReporting.from_config(config, is_main=self._ranks.is_main)
         self._progress_interval = self._reporting.progress_interval  # also of forward (inference.py)
-        self._random_seed = config.int("random_seed", 42)
+        self._random_seed = config.int("random_seed")
         self._stop_signals = StopSignals()
-        # Epochs are stored by a writer thread while training goes on (False: on the main thread, as RETURNN does).
-        self._store = BackgroundStore(in_background=config.bool("store_checkpoints_in_background", True))
+        # The epoch files: which one each task loads, and storing them (by a writer thread while training goes on).
+        self._epochs = EpochStore(config, model_prefix=self.model_filename, is_main=self._ranks.is_main)
         self._first_batches: Optional[FirstBatches] = None  # the first epoch's, read while the model is built
         self._run_lock: Optional[ModelPrefixLock] = None
         # Mini-RETURNN's data loader attributes, read and set by custom engines (see _create_data_loader).
         self._train_dataloader: Optional[EpochDataLoader] = None
         self._eval_dataloaders: Dict[str, EpochDataLoader] = {}
         self._forward_dataloader: Optional[EpochDataLoader] = None
-        self._save_model_epoch_interval = config.int("save_interval", 1)
+        self._save_model_epoch_interval = config.int("save_interval")
         # A CustomEngine may override run_train_step with or without step_idx; decided once, not per step.
         self._run_train_step_takes_step_idx = _takes_step_idx(self.run_train_step)
 
@@ -108,7 +106,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         try:
             if self._first_batches is not None:  # unused (nothing to train, an error)
                 self._first_batches.close()
-            self._store.flush()  # raises a failed write not reported yet
+            self._epochs.flush()  # raises a failed write not reported yet
         finally:
             if self._run_lock is not None:
                 self._run_lock.release()
@@ -148,12 +146,20 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self._train_step_func = self._config_function("train_step", "the training step")
         if not self._ranks.is_main:
             self._ranks.barrier()  # rank 0 removes unfinished files first
-        start = resume.find_train_start(self.config, self.model_filename, self.learning_rate_control)
+        start = self._epochs.train_start()  # reads the optimizer state too: a damaged file stops before any work
         if self._ranks.is_main:
             self._ranks.barrier()
         self._start_epoch = start.epoch
         self._start_first_batches()
-        self._load_model(epoch=start.epoch, state=start.state, init_for_train=start.epoch == 1)
+        checkpoint = start.checkpoint
+        scaler_state = checkpoint.state.get("grad_scaler") if checkpoint else None
+        self._load_model(
+            epoch=start.epoch,
+            state=checkpoint.state if checkpoint else None,
+            init_for_train=start.epoch == 1,
+            source=checkpoint.path if checkpoint else None,
+        )
+        start.checkpoint = checkpoint = None  # the parameters are in the model now
         self._ranks.wrap(self._model)
         # A stored epoch that was not evaluated yet is evaluated first: learning-rate control (newbob) decides the
         # next learning rate from its scores.
@@ -166,16 +172,17 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self._updater.agree_on_finite = self._ranks.all_true
         if self._amp_dtype == torch.float16:
             self._updater.create_grad_scaler()
-            self._updater.load_grad_scaler_state((start.state or {}).get("grad_scaler"))
-        if start.optimizer_file is not None:
-            self._load_optimizer(start.epoch, filename=start.optimizer_file)
+            self._updater.load_grad_scaler_state(scaler_state)
+        if start.optimizer_state is not None:
+            self._updater.load_optimizer(start.optimizer_file, state=start.optimizer_state)
+            start.optimizer_state = None
         warn_on_low_space(self._train_outputs(), estimate_checkpoint_bytes(self._model, self._updater.optimizer))
 
     def _start_first_batches(self) -> None:
         """Starts reading the first epoch's batches while the model is built; only where our train_epoch reads them
         and the training dataset is no eval dataset (evaluating a stored epoch first must not move its state)."""
         if (
-            self.config.value("task", "train") != "train"
+            self.config.value("task") != "train"
             or type(self).train_epoch is not Engine.train_epoch
             or self._start_epoch > self._final_epoch
             or any(dataset is self.train_dataset for dataset in self.eval_datasets.values())
@@ -200,7 +207,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             self.eval_datasets["dev"] = dev_data
         elif self.config.has("dev"):
             self.eval_datasets["dev"] = self._dataset("dev")
-        extra = self.config.typed_value("eval_datasets", {}) or {}
+        extra = self.config.typed_value("eval_datasets") or {}
         if not isinstance(extra, dict):
             raise ConfigError(f"eval_datasets must be a dict {{name: dataset dict}}, got {type(extra).__name__}")
         for name, opts in extra.items():
@@ -209,7 +216,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     @classmethod
     def config_get_final_epoch(cls, config: Config) -> int:
         """``num_epochs`` (default 5)."""
-        num_epochs = config.int("num_epochs", 5)
+        num_epochs = config.int("num_epochs")
         if num_epochs < 1:
             raise ConfigError(f"num_epochs must be >= 1, got {num_epochs}")
         return num_epochs
@@ -221,23 +228,26 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         state: Optional[Dict[str, Any]] = None,
         init_for_train: Optional[bool] = None,
         filename: Optional[str] = None,
+        source: Optional[str] = None,
     ) -> None:
         """Creates the model with ``get_model(epoch=, step=)``, then loads `state` and ``preload_from_files``.
         Custom engines call it Mini-RETURNN's way, ``_load_model(epoch=, filename=)`` with what :meth:`get_epoch_model`
         returned: the checkpoint `filename` (with or without ``.pt``) is read here; epoch None takes the checkpoint's
         epoch; epoch 1 starts a training (step 0, ``preload_from_files`` applies), a later epoch continues the
-        checkpoint's global step so that a resumed run sees the same steps as an uninterrupted one."""
+        checkpoint's global step so that a resumed run sees the same steps as an uninterrupted one. `source`: the
+        file `state` was read from, for messages."""
         if filename is not None and state is None:
-            self._store.flush()  # a file being written is read back complete
+            self._epochs.flush()  # a file being written is read back complete
             print(f"Load model {filename}", file=log.v4)
-            state = checkpoints.load_model_checkpoint(checkpoints.checkpoint_file(filename))
+            source = checkpoints.checkpoint_file(filename)
+            state = checkpoints.load_model_checkpoint(source)
             if epoch is None:
                 epoch = int(state.get("epoch") or 1)
             elif epoch == 1:
                 state = {**state, "step": 0, "epoch": 0}
         epoch = epoch or 1
         if init_for_train is None:
-            init_for_train = epoch == 1 and self.config.value("task", "train") == "train"
+            init_for_train = epoch == 1 and self.config.value("task") == "train"
         get_model = self._config_function("get_model", "creates the model")
         step = int(state.get("step", 0)) if state is not None else 0
         self._train_step = step
@@ -255,11 +265,11 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             checkpoints.load_state_into_model(
                 model,
                 state["model"],
-                source=f"epoch {state.get('epoch')} checkpoint",
-                ignore_missing=self.config.bool("load_ignore_missing_vars", False),
+                source=source or f"epoch {state.get('epoch')} checkpoint",
+                ignore_missing=self.config.bool("load_ignore_missing_vars"),
             )
-        preload = self.config.typed_value("preload_from_files", None)
-        if preload and (init_for_train or self.config.value("task", "train") != "train"):
+        preload = self.config.typed_value("preload_from_files")
+        if preload and (init_for_train or self.config.value("task") != "train"):
             checkpoints.preload_from_files(
                 model,
                 preload,
@@ -274,18 +284,10 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     def _load_optimizer(self, epoch: int, filename: Optional[str] = None) -> None:
         """Restores the optimizer state stored with epoch ``epoch - 1`` (Mini-RETURNN's signature: `epoch` is the
         epoch about to be trained), or from `filename`."""
-        self._store.flush()  # a file being written is read back complete
-        if filename is None:
-            filename = checkpoints.optimizer_path(self.model_filename, epoch - 1)
-            if not os.path.isfile(filename):
-                if not self.config.bool("allow_missing_optimizer_checkpoint", False):
-                    raise CheckpointError(
-                        f"Optimizer state {filename!r} for the resumed epoch {epoch - 1} is missing "
-                        "(set allow_missing_optimizer_checkpoint = True to continue with a fresh optimizer)"
-                    )
-                print(f"WARNING: optimizer state {filename} not found, continuing with a fresh optimizer", file=log.v2)
-                return
-        self._updater.load_optimizer(filename)
+        self._epochs.flush()  # a file being written is read back complete
+        filename = filename or self._epochs.optimizer_file(epoch - 1)
+        if filename is not None:  # None: missing, and allow_missing_optimizer_checkpoint accepts a fresh optimizer
+            self._updater.load_optimizer(filename)
 
     def _updaters(self) -> List[Updater]:
         """The updaters of the run: ours, or the several a custom engine keeps in ``_updater`` (a dict, e.g.
@@ -302,15 +304,15 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             with self._stop_signals:
                 try:
                     trained = self._train_epochs()
-                    self._store.flush()
+                    self._epochs.flush()
                 except BaseException as error:
-                    self._store.flush_after(error, self._stop_signals.deferred)
+                    self._epochs.flush_after(error, self._stop_signals.deferred)
                     raise
         except StopRequested as stop:
             raise StopRequested(
                 stop.signum,
                 f"{signal.Signals(stop.signum).name} received in epoch {self.epoch}: "
-                f"stopped; {self._kept_epochs()}",
+                f"stopped; {self._epochs.kept_epochs_text()}",
             ) from None
         if trained:
             print(f"Finished training at epoch {self._final_epoch}.", file=log.v3)
@@ -332,13 +334,6 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             self.train_epoch()
         return True
 
-    def _kept_epochs(self) -> str:
-        self._store.flush()  # the stored epochs are read from the files
-        stored = resume.complete_epochs(self.model_filename, self.learning_rate_control) if self.model_filename else []
-        if not stored:
-            return "no epoch is stored yet; a restart begins with epoch 1"
-        return f"kept the stored epochs up to {stored[0]}; a restart continues with epoch {stored[0] + 1}"
-
     def init_train_epoch(self) -> None:
         """Learning rate and seeds of the epoch (a resumed epoch sees the same random numbers)."""
         # decided once (by rank 0) for all ranks
@@ -357,7 +352,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         """One epoch: steps over the training data, then save, evaluate and clean up."""
         print(f"start epoch {self.epoch} with learning rate {self.learning_rate} ...", file=log.v3)
         first, self._first_batches = self._first_batches, None  # started early where they are this epoch's
-        self._store.before_fork(self._data_options("train"))
+        self._epochs.before_fork(self._data_options("train"))
         batches = take_batches(first, self.train_dataset, self.epoch, self._data_options("train"))
         self._steps_in_epoch = batches.num_batches
         skip_nonfinite = any(getattr(updater, "skip_nonfinite", False) for updater in self._updaters())
@@ -367,10 +362,10 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         run_ctx = init_train_step_run_ctx(
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
-        pacing = PACING.training(self.config.bool("data_loader_pacing", True))  # see data/loader_pacing.py
+        pacing = PACING.training(self.config.bool("data_loader_pacing"))  # see data/loader_pacing.py
         pinning = pinned_training_loop(  # see thread_affinity.py
             self._device,
-            enabled=self.config.bool("pin_training_loop", True),
+            enabled=self.config.bool("pin_training_loop"),
             local_rank=getattr(self._ranks, "local_rank", 0),
             distributed=self._ranks.world_size > 1,
         )
@@ -446,13 +441,8 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         if self._ranks.world_size > 1:
             summary += f" (steps of each of {self._ranks.world_size} ranks; losses over all ranks)"
         print(summary, file=log.v2)
-        with self._stop_signals.deferred():  # stored as one unit; see resume.py for the order and why
-            # The previous epoch's files are written first: one epoch's snapshots in memory at most, and a custom
-            # engine's own synchronous writes (e.g. its optimizers) follow them on disk.
-            self._store.flush()
-            if self._ranks.is_main:
-                create = functools.partial(resume.start_learning_rate_file, self.learning_rate_control)
-                self._store.submit(f"{self.learning_rate_control.filename} (created empty)", create)
+        with self._stop_signals.deferred():  # stored as one unit; see epoch_store.py for the order and why
+            self._epochs.begin_epoch(self.learning_rate_control)
             if self._should_save(self.epoch):
                 self._save_optimizer()
                 self.save_model()
@@ -512,7 +502,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             run_ctx = init_train_step_run_ctx(
                 device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
             )
-            self._store.before_fork(self._data_options("eval"))
+            self._epochs.before_fork(self._data_options("eval"))
             batches = EpochBatches(dataset, self.epoch, self._data_options("eval"))
             tracker = LossTracker(self._device, keep_step_values=log.verbose[5])
             report = self._loop_report(f"eval {name}", batches)
@@ -547,7 +537,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
     def _eval_missing_for_stored_epoch(self) -> None:
         """A run stopped between storing an epoch and evaluating it catches up on the evaluation."""
         stored = self._start_epoch - 1
-        missing = resume.datasets_missing_eval(self.learning_rate_control, stored, self.eval_datasets)
+        missing = self._epochs.datasets_missing_eval(self.learning_rate_control, stored, self.eval_datasets)
         if not missing or stored > self._final_epoch:
             return
         print(f"Epoch {stored} was not evaluated on {', '.join(missing)}; doing that now.", file=log.v3)
@@ -579,32 +569,21 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
 
     def save_model(self) -> None:
         """Writes the current epoch's model file (rank 0 of several; in the background unless configured not to)."""
-        if self._ranks.is_main:
-            scaler_state = self._updater.grad_scaler_state() if isinstance(self._updater, Updater) else None
-            extra = {"grad_scaler": scaler_state} if scaler_state is not None else None
-            self._store.submit_model(self.model_filename, self.epoch, self._model, self._train_step, extra)
+        scaler_state = self._updater.grad_scaler_state() if isinstance(self._updater, Updater) else None
+        extra = {"grad_scaler": scaler_state} if scaler_state is not None else None
+        self._epochs.submit_model(self.epoch, self._model, self._train_step, extra)
 
     def _save_optimizer(self) -> None:
         """Writes the current epoch's optimizer state (a custom engine with several updaters overrides this)."""
-        if self._ranks.is_main:
-            self._store.submit_optimizer(self._updater, checkpoints.optimizer_path(self.model_filename, self.epoch))
+        self._epochs.submit_optimizer(self._updater, self.epoch)
 
     def _save_learning_rates(self) -> None:
         """The learning_rates file with the scores known now, written after the files submitted before."""
-        save = self.learning_rate_control.save_later() if self._ranks.is_main else None
-        if save is not None:
-            self._store.submit(self.learning_rate_control.filename, save)
+        self._epochs.submit_learning_rates(self.learning_rate_control)
 
     def _cleanup(self) -> None:
-        """Deletes what the stored epochs make unneeded: optimizer states but the two newest (enough to resume if one
-        is damaged), and the epochs ``cleanup_old_models`` does not keep. It depends only on the files and scores,
-        so a restart repeats it where a run stopped in the middle."""
-        if not self.model_filename or not self._ranks.is_main:
-            return
-        options = self.config.bool_or_other("cleanup_old_models", None)
-        scores = {e: dict(d.error) for e, d in self.learning_rate_control.epoch_data.items()}  # as of now
-        cleanup = functools.partial(checkpoints.remove_unneeded, self.model_filename, options, scores)
-        self._store.submit(f"the cleanup of old epochs of {self.model_filename}", cleanup)
+        """Deletes the files the stored epochs make unneeded (:meth:`EpochStore.cleanup`)."""
+        self._epochs.cleanup(self.learning_rate_control)
 
 
 def _takes_step_idx(method: Callable) -> bool:

@@ -12,7 +12,7 @@ from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches
 from ..errors import ConfigError
 from ..log import log
-from . import checkpoints, priors
+from . import priors
 from .device import autocast
 from .loss_tracker import Stopwatch
 from .output_checks import check_outputs
@@ -24,24 +24,6 @@ def use_forward_epoch_as_load_epoch(config: Config) -> None:
     """Task forward: RETURNN's ``epoch`` (as i6_core's forward jobs set it) names the epoch to load."""
     if config.has("epoch"):
         config.set("load_epoch", config.int("epoch"))
-
-
-def inference_checkpoint(config: Config, model_prefix: Optional[str]) -> Optional[str]:
-    """The checkpoint file to load: ``load``, or epoch ``load_epoch`` of ``model``, or the newest stored epoch of
-    ``model``; None where none is given and ``allow_random_model_init`` permits a fresh model (i6_core's forward
-    job without a checkpoint)."""
-    if config.value("load", ""):
-        return checkpoints.given_checkpoint(config, "load")  # an input file: through the cache manager
-    if model_prefix and config.has("load_epoch"):
-        return checkpoints.checkpoint_file(checkpoints.model_path(model_prefix, config.int("load_epoch")))
-    if model_prefix and checkpoints.existing_epochs(model_prefix):
-        return list(checkpoints.existing_epochs(model_prefix).values())[-1]
-    if config.bool("allow_random_model_init", False):
-        return None
-    raise ConfigError(
-        f"No model to load: set 'load' (a checkpoint file) or 'model' in {config.where()} "
-        "(or allow_random_model_init = True to run a freshly initialised model)"
-    )
 
 
 def forward_dataset_options(config: Config) -> Tuple[str, Any]:
@@ -76,16 +58,17 @@ class InferenceTasks:
         self._load_model_for_inference()
 
     def _load_model_for_inference(self) -> None:
-        """Loads ``load``, or epoch ``load_epoch`` of ``model``, or the newest stored epoch of ``model``; with none
-        of them and ``allow_random_model_init`` (i6_core's forward job without a checkpoint), a fresh model."""
-        path = inference_checkpoint(self.config, self.model_filename)
-        if path is None:
+        """Loads ``load``, or epoch ``load_epoch`` of ``model``, or the newest complete stored epoch of ``model``;
+        with none of them and ``allow_random_model_init`` (i6_core's forward job without a checkpoint), a fresh
+        model."""
+        checkpoint = self._epochs.inference_checkpoint()  # the rule of every task: epoch_store.py
+        if checkpoint is None:
             print("No checkpoint given: allow_random_model_init, the model keeps its initial parameters", file=log.v2)
             self._load_model(epoch=1, state=None)
         else:
-            print(f"Loading checkpoint {path}", file=log.v3)
-            state = checkpoints.load_model_checkpoint(path)
-            self._load_model(epoch=int(state.get("epoch") or 1), state=state)
+            print(f"Loading checkpoint {checkpoint.path}", file=log.v3)
+            state = checkpoint.state
+            self._load_model(epoch=int(state.get("epoch") or 1), state=state, source=checkpoint.path)
         self._start_epoch = self._final_epoch = self.epoch
 
     def forward(self) -> None:
@@ -131,7 +114,7 @@ class InferenceTasks:
                 f"Task compute_priors needs the dataset 'train' (ReturnnComputePriorJobV2's prior_data) in "
                 f"{self.config.where()}"
             )
-        if not self.config.value("output_file", ""):
+        if not self.config.value("output_file"):
             raise ConfigError(
                 f"Task compute_priors needs 'output_file' (where the prior goes) in {self.config.where()}"
             )

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..atomic_file import write_text_atomic
-from ..config import Config
 from ..errors import ConfigError
 from ..file_formats import EpochData as EpochData
 from ..file_formats import format_value as format_value
 from ..file_formats import learning_rate_file_text, write_learning_rate_file
 from ..file_formats import read_learning_rate_file as read_learning_rate_file
 from ..log import log
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 Update = Union[float, Callable[[float], float], None]
 
@@ -329,7 +331,7 @@ CONTROL_TYPE_NAMES = tuple(_CONTROL_TYPES)  # the values of ``learning_rate_cont
 
 def learning_rate_control_from_config(config: Config) -> LearningRateControl:
     """Builds the schedule from the ``learning_rate*`` / ``newbob_*`` config keys."""
-    control_type = config.value("learning_rate_control", "constant")
+    control_type = config.value("learning_rate_control")
     if control_type not in _CONTROL_TYPES:
         raise ConfigError(
             f"Unknown learning_rate_control {control_type!r} {config.origin('learning_rate_control')}; "
@@ -340,32 +342,30 @@ def learning_rate_control_from_config(config: Config) -> LearningRateControl:
         learning_rates = config.float_list("learning_rates")
     if learning_rates is not None and not isinstance(learning_rates, (list, tuple, dict)):
         raise config.type_error("learning_rates", learning_rates, "a list of numbers (one per epoch) or a dict")
-    decay = config.typed_value("learning_rate_decay", config.typed_value("newbob_learning_rate_decay", 0.5))
-    growth = config.typed_value("learning_rate_growth", config.typed_value("newbob_learning_rate_growth", 1.0))
+    decay = config.typed_value("learning_rate_decay", config.typed_value("newbob_learning_rate_decay"))
+    growth = config.typed_value("learning_rate_growth", config.typed_value("newbob_learning_rate_growth"))
     kwargs: Dict[str, Any] = dict(
-        default_learning_rate=config.float("learning_rate", 1.0),
-        min_learning_rate=config.float("min_learning_rate", 0.0),
+        default_learning_rate=config.float("learning_rate"),
+        min_learning_rate=config.float("min_learning_rate"),
         default_learning_rates=learning_rates,
         error_measure_key=config.typed_value("learning_rate_control_error_measure"),
-        relative_error_also_relative_to_learning_rate=config.bool(
-            "learning_rate_control_relative_error_relative_lr", False
-        ),
-        min_num_epochs_per_new_learning_rate=config.int("learning_rate_control_min_num_epochs_per_new_lr", 0),
+        relative_error_also_relative_to_learning_rate=config.bool("learning_rate_control_relative_error_relative_lr"),
+        min_num_epochs_per_new_learning_rate=config.int("learning_rate_control_min_num_epochs_per_new_lr"),
         relative_error_div_by_old=config.bool(
-            "relative_error_div_by_old", config.bool("newbob_relative_error_div_by_old", False)
+            "relative_error_div_by_old", config.bool("newbob_relative_error_div_by_old")
         ),
         learning_rate_decay=float(decay) if isinstance(decay, (int, str)) else decay,
         learning_rate_growth=float(growth) if isinstance(growth, (int, str)) else growth,
-        filename=config.value("learning_rate_file", None),
+        filename=config.value("learning_rate_file"),
     )
     cls = _CONTROL_TYPES[control_type]
-    threshold = config.float("newbob_relative_error_threshold", -0.01)
+    threshold = config.float("newbob_relative_error_threshold")
     if cls is NewbobRelative:
         kwargs["relative_error_threshold"] = threshold
     elif cls is NewbobAbs:
-        kwargs["error_threshold"] = config.float("newbob_error_threshold", -0.01)
+        kwargs["error_threshold"] = config.float("newbob_error_threshold")
     elif cls is NewbobMultiEpoch:
-        num_epochs = config.int("newbob_multi_num_epochs", 5)
+        num_epochs = config.int("newbob_multi_num_epochs")
         kwargs.update(
             num_epochs=num_epochs,
             update_interval=config.int("newbob_multi_update_interval", num_epochs),

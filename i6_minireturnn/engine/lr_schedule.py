@@ -229,7 +229,7 @@ def step_schedule_from_config(config: Config) -> Optional[StepSchedule]:
         return _piecewise_from_config(config, where)
     if warmup_decay:
         return _warmup_decay_from_config(config, where)
-    if config.bool("learning_rate_piecewise_by_epoch_continuous", False):
+    if config.bool("learning_rate_piecewise_by_epoch_continuous"):
         raise ConfigError(f"learning_rate_piecewise_by_epoch_continuous is set in {where} without {PIECEWISE_KEYS[0]}")
     return None
 
@@ -256,15 +256,15 @@ def _piecewise_from_config(config: Config, where: str) -> PiecewiseLinear:
         previous = step
     if any(not math.isfinite(v) or v < 0 for v in values):
         raise ConfigError(f"{values_key} must be finite numbers >= 0, got {values} in {where}")
-    by_epoch = config.bool("learning_rate_piecewise_by_epoch_continuous", False)
+    by_epoch = config.bool("learning_rate_piecewise_by_epoch_continuous")
     return PiecewiseLinear(steps, values, by_epoch_continuous=by_epoch)
 
 
 def _warmup_decay_from_config(config: Config, where: str) -> WarmupDecay:
-    warmup = config.int("learning_rate_warmup_steps", 0)
-    norm = config.float("learning_rate_invsqrt_norm", None)
-    cosine_steps = config.int("learning_rate_cosine_decay_steps", None)
-    min_factor = config.float("learning_rate_cosine_decay_min_factor", None)
+    warmup = config.int("learning_rate_warmup_steps")
+    norm = config.float("learning_rate_invsqrt_norm")
+    cosine_steps = config.int("learning_rate_cosine_decay_steps")
+    min_factor = config.float("learning_rate_cosine_decay_min_factor")
     _require(warmup >= 0, "learning_rate_warmup_steps", warmup, "an integer >= 0", where)
     _require(norm is None or norm > 0, "learning_rate_invsqrt_norm", norm, "a number > 0", where)
     _require(

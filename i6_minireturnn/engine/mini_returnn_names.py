@@ -11,7 +11,8 @@ from ..config import Config
 from ..data.dataset import Dataset
 from ..data.pipeline import EpochBatches
 from ..errors import ConfigError
-from . import checkpoints, resume
+from . import checkpoints
+from .epoch_store import EpochStore
 from .learning_rate_control import learning_rate_control_from_config
 from .output_checks import check_outputs
 from .run_lock import ModelPrefixLock
@@ -82,15 +83,16 @@ class MiniReturnnEngineNames:
     @classmethod
     def get_existing_models(cls, config: Config) -> Dict[int, str]:
         """Stored epochs of ``model``, oldest first: epoch -> ``<model>.NNN`` (complete or not; see get_epoch_model)."""
-        model = config.value("model", None)
+        model = config.value("model")
         if not model:
             return {}
         return {epoch: checkpoints.epoch_prefix(model, epoch) for epoch in sorted(checkpoints.existing_epochs(model))}
 
     @classmethod
     def get_epoch_model(cls, config: Config) -> Tuple[Optional[int], Optional[str]]:
-        """(epoch, ``<model>.NNN`` or checkpoint file) to start from; see :func:`.resume.epoch_model_to_load`."""
-        return resume.epoch_model_to_load(config)
+        """(epoch, ``<model>.NNN`` or checkpoint file) to start from, by the rule of every task
+        (:meth:`.epoch_store.EpochStore.epoch_model`)."""
+        return EpochStore(config, model_prefix=config.value("model"), is_main=False).epoch_model()
 
     def _save_model(self) -> None:
         """Alias of ``save_model`` for custom engines that call the private name."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optio
 import torch
 
 from ..atomic_file import write_text_atomic
+from ..config_schema import default_of
 from ..errors import TrainingError, UserError
 from ..log import log
 from .loss_tracker import LossTracker, RankGroup, Stopwatch, Totals
@@ -25,8 +26,8 @@ from .tensorboard import TensorBoardWriter
 if TYPE_CHECKING:
     from ..config import Config
 
-DEFAULT_STEP_INTERVAL = 50
-DEFAULT_PROGRESS_INTERVAL = 30.0
+DEFAULT_STEP_INTERVAL = default_of("log_step_interval")
+DEFAULT_PROGRESS_INTERVAL = default_of("log_progress_interval")
 
 
 def format_losses(values: Dict[str, float]) -> str:
@@ -65,11 +66,11 @@ class RunReporting:
     def from_config(cls, config: Config, *, is_main: bool = True) -> RunReporting:
         """``log_step_interval``, ``log_progress_interval``, ``log_progress_file``, ``use_tensorboard``. Every rank
         reads and checks them (a config error stops all ranks alike, none is left waiting for rank 0)."""
-        progress_file = config.value("log_progress_file", None)
+        progress_file = config.value("log_progress_file")
         tensorboard = TensorBoardWriter.from_config(config)
         return cls(
-            step_interval=max(1, config.int("log_step_interval", DEFAULT_STEP_INTERVAL)),
-            progress_interval=config.float("log_progress_interval", DEFAULT_PROGRESS_INTERVAL),
+            step_interval=max(1, config.int("log_step_interval")),
+            progress_interval=config.float("log_progress_interval"),
             progress_file=progress_file if is_main else None,
             tensorboard=tensorboard if is_main else None,
         )

@@ -47,9 +47,9 @@ class TensorBoardWriter:
     @classmethod
     def from_config(cls, config: Config) -> Optional[TensorBoardWriter]:
         """The writer the config asks for (``use_tensorboard``, ``tensorboard_opts``), or None."""
-        if not config.bool("use_tensorboard", False):
+        if not config.bool("use_tensorboard"):
             return None
-        opts = config.typed_value("tensorboard_opts", None) or {}
+        opts = config.typed_value("tensorboard_opts") or {}
         if not isinstance(opts, Mapping):
             raise ConfigError(f"Config key 'tensorboard_opts' must be a dict, got {opts!r} in {config.where()}")
         unknown = sorted(set(opts) - set(_OPTIONS))

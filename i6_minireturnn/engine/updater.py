@@ -10,11 +10,10 @@ the update reads has a class-level default.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..config import Config
 from ..data.loader_pacing import PACING
 from ..errors import ConfigError
 from ..log import log
@@ -22,7 +21,10 @@ from .checkpoints import cpu_snapshot, load_file, save_torch_atomic
 from .lr_schedule import StepSchedule, step_schedule_from_config
 from .optimizer_implementation import default_implementation, load_optimizer_state
 
-UpdaterConfig = Union[Config, Dict[str, Any]]
+if TYPE_CHECKING:
+    from ..config import Config
+
+UpdaterConfig = Union["Config", Dict[str, Any]]
 
 
 def optimizer_classes() -> Dict[str, type]:
@@ -223,7 +225,7 @@ class Updater:
         self.optimizer = None
         self._grad_scaler = None
         # custom engines give some updaters a plain dict of optimizer settings: no step schedule there
-        self._step_schedule = step_schedule_from_config(config) if isinstance(config, Config) else None
+        self._step_schedule = step_schedule_from_config(config) if not isinstance(config, dict) else None
         if self._step_schedule is not None:
             print(f"Learning rate of each step: {self._step_schedule.description}", file=log.v3)
         self._step_state = None
@@ -399,11 +401,11 @@ class Updater:
         self.optimizer.zero_grad(set_to_none=True)
         self._pending_grads = False
 
-    def load_optimizer(self, filename: str) -> None:
-        """Restores the optimizer state from an ``.opt.pt`` file."""
+    def load_optimizer(self, filename: str, *, state: Optional[Dict[str, Any]] = None) -> None:
+        """Restores the optimizer state from an ``.opt.pt`` file (`state`: its content, read already)."""
         print(f"Load optimizer {filename}", file=log.v4)
         # read into host memory: load_optimizer_state puts each tensor where this run's implementation reads it
-        load_optimizer_state(self.optimizer, load_file(filename))
+        load_optimizer_state(self.optimizer, load_file(filename) if state is None else state)
 
     def save_optimizer(self, filename: str) -> None:
         """Writes the optimizer state atomically (now, on the caller's thread; custom engines call this)."""

@@ -29,8 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .. import compat
 from ..config import Config, _looks_line_based, load_config, split_args
-from ..config_keys import check_unsupported_keys
-from ..config_validation import validate_config
+from ..config_validation import check_unsupported_keys, validate_config
 from ..errors import ConfigError, UserError
 from . import program_name
 from .dataset_source import run_tool
@@ -80,7 +79,7 @@ def check_config(files: Sequence[str], overrides: Sequence[str] = (), *, dataset
         raise Problem(exc) from exc
     if dataset is not None:
         return f"Config {', '.join(config.files)} is fine: dataset {_check_one_dataset(config, dataset)}"
-    task = config.value("task", "train")
+    task = config.value("task")
     custom_engine = _custom_engine(config)
     datasets = _check_task_datasets(config, task, required=custom_engine is None)
     functions = [] if custom_engine is not None else _check_task_functions(config, task)

@@ -71,7 +71,7 @@ def export_onnx(
             torch.manual_seed(EXPORT_SEED)
             model = build_model(config, epoch=epoch, step=step)
             checkpoints.load_state_into_model(
-                model, state, source=checkpoint, ignore_missing=config.bool("load_ignore_missing_vars", False)
+                model, state, source=checkpoint, ignore_missing=config.bool("load_ignore_missing_vars")
             )
             model.eval()  # Mini-RETURNN leaves this to export(); an export wants it (no dropout, fixed norm statistics)
             print(f"Model: {model}", file=log.v5)
@@ -103,7 +103,7 @@ def torch_device(device: str) -> str:
 
 def config_export_function(config: Config) -> Callable[..., Any]:
     """The config's ``export`` function, or an error saying what to define."""
-    export_func = config.typed_value("export", None)
+    export_func = config.typed_value("export")
     if callable(export_func):
         return export_func
     what = "no export function" if export_func is None else f"export = {type(export_func).__name__}, not a function"
@@ -130,7 +130,7 @@ def load_checkpoint(path: str, *, device: str) -> Tuple[Dict[str, Any], int, int
 
 def build_model(config: Config, *, epoch: int, step: int) -> torch.nn.Module:
     """``get_model(epoch=, step=, onnx_export=True)``, Mini-RETURNN's call when exporting."""
-    get_model = config.typed_value("get_model", None)
+    get_model = config.typed_value("get_model")
     if not callable(get_model):
         raise ConfigError(f"{config.where()} defines no get_model(*, epoch, step, **kwargs)")
     if not _accepts_keyword(get_model, "onnx_export"):

@@ -94,4 +94,4 @@ def test_the_runtime_imports_without_circles():
 def test_the_check_finds_a_circle():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = _graph()
-    assert "i6_minireturnn.config" in graph["i6_minireturnn.config_validation"]  # the graph is read, not empty
+    assert "i6_minireturnn.config_schema" in graph["i6_minireturnn.config"]  # the graph is read, not empty
