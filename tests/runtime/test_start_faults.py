@@ -240,12 +240,17 @@ def test_learning_rates_that_is_a_folder_stops_the_start(tmp_path, run_cli, monk
 
 IMMUTABLE_IN_EPOCH_2 = """
 import subprocess as _subprocess
+import time as _time
 _train_step = train_step
 
 
 def train_step(*, model, data, run_ctx, **kwargs):
     if run_ctx.epoch == 2 and not _made_immutable:  # after the start checks: only the write itself can tell
-        _subprocess.run(["chattr", "+i", "out/learning_rates"], check=True)
+        deadline = _time.time() + 30
+        # the writer thread may not have created the file yet: epoch 1 is stored while epoch 2 trains
+        while _subprocess.run(["chattr", "+i", "out/learning_rates"], capture_output=True).returncode != 0:
+            assert _time.time() < deadline, "out/learning_rates was not created"
+            _time.sleep(0.01)
         _made_immutable.append(True)
     _train_step(model=model, data=data, run_ctx=run_ctx, **kwargs)
 
