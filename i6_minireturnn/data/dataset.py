@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import functools
 import gzip
 import inspect
 import os
@@ -30,6 +31,45 @@ class DataKey:
     def ndim(self) -> int:
         """Number of axes of one sequence, time axis included."""
         return 1 + len(self.shape)
+
+    @functools.cached_property  # looked at for every sequence loaded; the field values never change (frozen)
+    def num_classes(self) -> Optional[int]:
+        """The number of classes the values of a sparse integer stream must stay below, or None where no size is
+        declared. A dim of 1 counts as none: writers store 1 for a sparse stream whose size they were not given
+        (RETURNN's too), and a one-class stream has nothing to train."""
+        if not self.sparse or self.dim is None or self.dim <= 1:
+            return None
+        try:
+            integer = np.dtype(self.dtype).kind in "iu"
+        except TypeError:  # a name numpy does not know ("string", ...): no label ids
+            return None
+        return self.dim if integer else None
+
+    def bad_label(self, values: np.ndarray) -> Optional[int]:
+        """A value of `values` outside ``0 .. num_classes - 1`` (the largest one, else the smallest), or None.
+
+        Cheap enough for every sequence as it is loaded: one reduction over the values, no copy (signed values are
+        looked at as unsigned, where a negative one is beyond every class); the bad value is looked for only then."""
+        limit = self.num_classes
+        if limit is None or not values.size:
+            return None
+        unsigned, negative_from = _unsigned_view(values.dtype)
+        if unsigned is not None:  # a negative value reads as `negative_from` or more
+            if np.maximum.reduce(values.view(unsigned), axis=None) < min(limit, negative_from):
+                return None
+        elif np.maximum.reduce(values, axis=None) < limit and np.minimum.reduce(values, axis=None) >= 0:
+            return None
+        largest = values.max()
+        return int(largest) if largest >= limit else int(values.min())
+
+
+@functools.cache
+def _unsigned_view(dtype: np.dtype) -> Tuple[Optional[np.dtype], int]:
+    """For a signed integer dtype: the unsigned dtype of its size and byte order, and the smallest unsigned value a
+    negative one reads as (2 ** (bits - 1)); (None, 0) for other dtypes."""
+    if dtype.kind != "i":
+        return None, 0
+    return np.dtype(dtype.str.replace("i", "u")), 2 ** (8 * dtype.itemsize - 1)
 
 
 class Dataset:

@@ -9,6 +9,11 @@ writer) are read through h5py. Files are opened per process (worker processes re
 The pipeline reads planned batches with :meth:`HDFDataset.read_batch`: each sequence goes straight from the file into
 its row of the padded batch tensor (pinned, where the batch goes to a GPU), with one read per sequence and key and
 no array per sequence in between.
+
+Label ids of sparse integer keys are checked against the number of classes the file declares (``targets/size``,
+``inputPattSize``; see :attr:`.dataset.DataKey.num_classes`) as each sequence is loaded, on the loader's side: a
+label beyond the model's output would otherwise train silently, or fail later on the device without naming the
+sequence.
 """
 
 from __future__ import annotations
@@ -193,6 +198,7 @@ class HDFDataset(Dataset):
                 )
             self.data_keys = {k: self.data_keys[k] for k in data_keys}
         self._offsets = CorpusOffsets([f.num_seqs for f in self.files])
+        self._label_keys = {key: info for key, info in self.data_keys.items() if info.num_classes is not None}
 
     def _locate(self, corpus_idx: int) -> Tuple[_HDFFile, int]:
         file_idx, seq = self._offsets.locate(corpus_idx)
@@ -211,7 +217,33 @@ class HDFDataset(Dataset):
 
     def load_corpus_seq(self, corpus_idx: int) -> Dict[str, np.ndarray]:
         hdf, seq = self._locate(corpus_idx)
-        return {key: hdf.read(key, seq) for key in self.data_keys}
+        loaded = {key: hdf.read(key, seq) for key in self.data_keys}
+        for key, info in self._label_keys.items():
+            value = info.bad_label(loaded[key])
+            if value is not None:
+                raise self._label_error(hdf, key, corpus_idx, value)
+        return loaded
+
+    def _label_error(self, hdf: _HDFFile, key: str, corpus_idx: int, value: int) -> DataError:
+        """One line naming the file, key, sequence, the label and the size the file declares."""
+        size = self.data_keys[key].num_classes
+        declared = "inputPattSize" if key == "data" else f"targets/size attribute {key!r}"
+        return DataError(
+            f"HDF file {hdf.path!r}, data key {key!r}, sequence {self.corpus_seq_tag(corpus_idx)!r}: label {value} "
+            f"is outside the {size} classes the file declares (0..{size - 1}, {declared}); fix the labels or the "
+            "declared size"
+        )
+
+    def _check_batch_labels(self, key: str, rows: np.ndarray, lengths: List[int], corpus_indices: Sequence[int]):
+        """Checks the labels of a batch read by :meth:`read_batch` with one look at the padded rows (the padding is
+        0, a valid label); only where one is bad, the sequences one by one, to name it."""
+        info = self.data_keys[key]
+        if info.bad_label(rows) is None:
+            return
+        for b, corpus_idx in enumerate(corpus_indices):
+            value = info.bad_label(rows[b, : lengths[b]])
+            if value is not None:
+                raise self._label_error(self._locate(corpus_idx)[0], key, corpus_idx, value)
 
     def read_batch(self, corpus_indices: Sequence[int], seq_indices: Sequence[int], *, pin_memory: bool) -> Batch:
         """The collated batch of these sequences (what :func:`.collate.collate_batch` gives for their
@@ -225,6 +257,8 @@ class HDFDataset(Dataset):
             rows = buffer.numpy()
             for b, (hdf, seq) in enumerate(where):
                 hdf.read_into(key, seq, rows[b, : lengths[b]])
+            if key in self._label_keys:
+                self._check_batch_labels(key, rows, lengths, corpus_indices)
             batch[key] = buffer
             batch[f"{key}:size1"] = small_tensor(lengths, pin_memory=pin_memory)
             for axis, dim in enumerate(info.shape):

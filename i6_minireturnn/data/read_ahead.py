@@ -15,11 +15,12 @@ import collections
 import itertools
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.utils.data
 
+from ..errors import UserError
 from ..thread_affinity import LOOP_PINNING
 from .batching import group_into_batches
 from .chunking import cut
@@ -250,8 +251,11 @@ class _PlannedBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __getitem__(self, index: int) -> Batch:
-        return load_items(self.dataset, self.plan[index])
+    def __getitem__(self, index: int) -> Union[Batch, _WorkerUserError]:
+        try:
+            return load_items(self.dataset, self.plan[index])
+        except UserError as error:
+            return _WorkerUserError(error)
 
 
 class _StreamedBatches(torch.utils.data.IterableDataset):
@@ -262,8 +266,20 @@ class _StreamedBatches(torch.utils.data.IterableDataset):
         self.options = options
         self.seed = seed
 
-    def __iter__(self) -> Iterator[Batch]:
-        return stream_batches(self.dataset, self.options, self.seed)
+    def __iter__(self) -> Iterator[Union[Batch, _WorkerUserError]]:
+        try:
+            yield from stream_batches(self.dataset, self.options, self.seed)
+        except UserError as error:
+            yield _WorkerUserError(error)
+
+
+class _WorkerUserError:
+    """A user error (a bad sequence, a missing file) in a worker process, sent to the main process as a result: an
+    exception raised there would come back as torch's "Caught DataError in DataLoader worker process" with the
+    worker's traceback as its message, instead of the one line that names the cause."""
+
+    def __init__(self, error: UserError):
+        self.error = error
 
 
 def _loader_processes(source: torch.utils.data.Dataset, num_workers: int, options: PipelineOptions) -> Iterator[Batch]:
@@ -275,7 +291,10 @@ def _loader_processes(source: torch.utils.data.Dataset, num_workers: int, option
         pin_memory=options.pin_memory,
         multiprocessing_context=_worker_context() if num_workers else None,
     )
-    yield from loader
+    for batch in loader:
+        if isinstance(batch, _WorkerUserError):
+            raise batch.error
+        yield batch
 
 
 def _worker_context() -> Optional[str]:

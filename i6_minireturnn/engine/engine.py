@@ -429,7 +429,8 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             run_ctx.init_step(self._train_step)
             total_loss, losses = run_step(data, run_ctx, step_idx)
             step_time = time.monotonic() - step_start
-            tracker.add(losses, total_loss, global_step=report.first_global_step + step_idx, step_time=step_time)
+            global_step = report.first_global_step + step_idx
+            tracker.add(losses, total_loss, global_step=global_step, step_time=step_time, seq_tags=data.get("seq_tag"))
             report.after_step(tracker, step_idx + 1)
         return report.finish(tracker)
 

@@ -1,10 +1,14 @@
-"""Accumulates step losses on the device; values reach the host only at log points (no per-step sync)."""
+"""Accumulates step losses on the device; values reach the host only at log points (no per-step sync).
+
+It also keeps the sequence tags of the batches since the last log point (host references, no device work), so that
+a non-finite loss found at a log point names the batch that produced it.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
@@ -54,9 +58,21 @@ class LossTracker:
         self._zero = torch.zeros((), dtype=torch.float64, device=self.device)
         self._no_step = torch.tensor(_NONE_STEP, device=self.device)  # made once: a host-to-device copy
         self.pending_steps: List[Tuple[int, float, Dict[str, torch.Tensor]]] = []
+        # the batches' tags of the pass steps from `_tags_from` on (None: a batch without tags)
+        self._tags_from = 0
+        self._tags: List[Optional[Sequence[str]]] = []
 
-    def add(self, losses: Dict[str, Loss], total_loss: torch.Tensor, *, global_step: int, step_time: float) -> None:
-        """Adds one step's losses (device ops only)."""
+    def add(
+        self,
+        losses: Dict[str, Loss],
+        total_loss: torch.Tensor,
+        *,
+        global_step: int,
+        step_time: float,
+        seq_tags: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Adds one step's losses (device ops only) and keeps a reference to its batch's `seq_tags` until the next
+        :meth:`release_tags`."""
         total = total_loss.detach()
         if self.num_steps == len(self._step_totals):
             self._step_totals = torch.cat([self._step_totals, torch.empty_like(self._step_totals)])
@@ -83,6 +99,7 @@ class LossTracker:
                 step_values[name] = value.to(torch.float64) / norm
         if self.keep_step_values:
             self.pending_steps.append((global_step, step_time, step_values))
+        self._tags.append(seq_tags)
         self.num_steps += 1
 
     def _add(self, sums: Dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
@@ -114,6 +131,28 @@ class LossTracker:
         sums = {name: (values[i], values[count + i] + host_norms[i]) for i, name in enumerate(names)}
         means = {name: loss / norm for name, (loss, norm) in sums.items()}
         return Totals(means, int(num_nonfinite), first_step if first_step != _NONE_STEP else None, sums)
+
+    def release_tags(self) -> None:
+        """Lets the kept tags go (at a log point: the steps before it were checked, or need no naming)."""
+        self._tags_from, self._tags = self.num_steps, []
+
+    def nonfinite_batch_tags(self, step: int) -> Optional[Sequence[str]]:
+        """The tags of pass step `step`'s batch where they are kept and this process' total loss of that step is
+        non-finite (with several ranks, another rank's may have been); one host read, for an error message."""
+        tags = self._tags[step - self._tags_from] if 0 <= step - self._tags_from < len(self._tags) else None
+        if tags is None or bool(torch.isfinite(self._step_totals[step])):
+            return None
+        return tags
+
+    def pop_nonfinite_batches(self) -> List[Tuple[int, Optional[Sequence[str]]]]:
+        """(pass step, its batch's tags) of the steps since the last release whose total loss is non-finite, in one
+        host read; then releases the tags. For the warnings about skipped steps (that mode syncs every step anyway)."""
+        first, tags = self._tags_from, self._tags
+        self.release_tags()
+        if not tags:
+            return []
+        finite = torch.isfinite(self._step_totals[first : first + len(tags)]).tolist()
+        return [(first + i, tags[i]) for i, ok in enumerate(finite) if not ok]
 
     def pop_step_lines(self) -> List[Tuple[int, float, Dict[str, float]]]:
         """The buffered per-step values, read in one sync: [(global_step, step_time, {name: value})]."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -112,8 +112,8 @@ class LoopReport:
     `global_step`: the global training step when the pass starts (step numbers of training messages, TensorBoard's
     step axis); `final_epoch`: the last epoch of the training (for its ETA); `learning_rate`: the epoch's rate, or a
     function that gives the current step's rate (where a step schedule changes it per step), read at log points.
-    `stop_on_nonfinite`: a non-finite total loss seen at a log point ends the run with an error naming its step
-    (training, unless the updater skips such steps).
+    `stop_on_nonfinite`: a non-finite total loss seen at a log point ends the run with an error naming its step and
+    the sequence tags of its batch (training, unless the updater skips such steps: then a warning names them).
     With several ranks, the progress line shows the totals over all ranks where it falls on a log point at which the
     ranks reduce them, else this process' own (rank 0: the other ranks print no progress); it never makes the ranks
     communicate, since when it is due depends on each process' clock.
@@ -190,6 +190,8 @@ class LoopReport:
                 + gpu_memory_note(self.device),
                 file=log.v5,
             )
+        if tracker.skip_nonfinite:
+            self._warn_skipped_steps(tracker)
         progress_due = not final and steps_done != self.num_batches and self._progress_due()
         # Several ranks read their totals together (a collective) at the end, and at every log point of a pass with
         # the same steps on every rank; the decision must not depend on anything that differs between ranks. The
@@ -198,19 +200,31 @@ class LoopReport:
         reduce = self.ranks if final or self.reduce_at_log_points else None
         tensorboard_due = self._tensorboard_due(steps_done, final)
         if not (final or progress_due or tensorboard_due or self.stop_on_nonfinite or reduce is not None):
+            tracker.release_tags()
             return None
         totals = tracker.totals(reduce)
         if self.stop_on_nonfinite and totals.num_nonfinite:
             step = self.first_global_step + totals.first_nonfinite
+            batch = _batch_note(tracker.nonfinite_batch_tags(totals.first_nonfinite), other_ranks=reduce is not None)
             raise TrainingError(
-                f"Non-finite training loss in epoch {self.epoch}, step {step}; stopped without saving this epoch "
-                "(set stop_on_nonfinite_train_score = False to skip such steps)"
+                f"Non-finite training loss in epoch {self.epoch}, step {step} ({batch}); stopped without saving this "
+                "epoch (set stop_on_nonfinite_train_score = False to skip such steps)"
             )
+        tracker.release_tags()  # the steps so far were finite (or are skipped and named): their tags are not needed
         if tensorboard_due:
             self._write_step_scalars(self.run.tensorboard, totals, steps_done)
         if progress_due:
             self._progress(totals, steps_done, reduced=reduce is not None)
         return totals
+
+    def _warn_skipped_steps(self, tracker: LossTracker) -> None:
+        """A warning per step since the last log point whose non-finite loss the updater skipped, naming its batch."""
+        for step, tags in tracker.pop_nonfinite_batches():
+            print(
+                f"WARNING: {self.name} epoch {self.epoch} step {self.first_global_step + step}: non-finite loss, "
+                f"step skipped ({_batch_note(tags, other_ranks=False)})",
+                file=log.v1,  # v1: ranks other than 0 print it too (their batches are their own)
+            )
 
     # ---- progress ------------------------------------------------------------------------------------------------
 
@@ -299,3 +313,16 @@ class LoopReport:
             epoch_values = {f"{dataset}_loss_{loss}": value for loss, value in totals.means.items()}
         writer.scalars("epoch", epoch_values, self.epoch)
         writer.flush()
+
+
+MAX_TAGS_NAMED = 20  # a message names at most this many tags of a batch (one readable line)
+
+
+def _batch_note(tags: Optional[Sequence[str]], *, other_ranks: bool) -> str:
+    """``batch of sequences 'a', 'b'`` (each tag once: chunks of a sequence share its tag); or why none is named."""
+    if tags is None:
+        return "on another rank; its message names the batch" if other_ranks else "its batch has no seq_tag"
+    unique = list(dict.fromkeys(tags))
+    named = ", ".join(repr(tag) for tag in unique[:MAX_TAGS_NAMED])
+    more = f" and {len(unique) - MAX_TAGS_NAMED} more" if len(unique) > MAX_TAGS_NAMED else ""
+    return f"batch of sequences {named}{more}"
