@@ -3,7 +3,7 @@
 Reference: a plain loop over the same batches, already collated in memory (no data loading at all), copying each
 to the device, doing forward, masked cross-entropy, backward and Adam steps (torch's default implementation, as a
 hand-written loop has it). The engine runs the same model and loss from a dataset through its pipeline (a loader
-thread, pinned memory, the loader's copies to the device), its run context, loss tracking and updater (on a GPU,
+thread, pinned memory), its run context, loss tracking and updater (on a GPU,
 Adam with torch's fused kernels; its loop thread and torch's backward thread sharing one CPU: the settings
 ``foreach``, ``unpinned``, ``plain-fused`` and ``plain-pinned`` compare like with like).
 Prints, for each setting against the plain loop timed alternately in the same run: frames/s and the ratio of median
@@ -22,7 +22,6 @@ step, and the host-device synchronisations per epoch that ``torch.cuda.set_sync_
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -35,11 +34,10 @@ from torch import nn
 
 from i6_minireturnn.config import Config
 from i6_minireturnn.data.dataset import DataKey, Dataset
-from i6_minireturnn.data.loader_pacing import PACING
 from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
 from i6_minireturnn.engine.engine import Engine
 from i6_minireturnn.log import log
-from i6_minireturnn.thread_affinity import LOOP_PINNING
+from i6_minireturnn.loop_tuning import LOOP_TUNING
 
 FEATURES, CLASSES = 80, 40
 STEP_STARTS: List[float] = []  # when each step of the loop being timed began (both loops append)
@@ -105,13 +103,13 @@ def plain_loop(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused or None)
     total = torch.zeros((), device=device)
     start = time.perf_counter()
-    with PACING.training(paced):
+    with LOOP_TUNING.pacing.training(paced):
         for batch in batches:
             STEP_STARTS.append(time.perf_counter())
             data = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
                 loss, norm = masked_ce(model, data)
-            with PACING.window():
+            with LOOP_TUNING.window():
                 (loss / norm).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -157,14 +155,6 @@ class PreloadedEngine(Engine):
             engine_module.take_batches = original
 
 
-class HostBatchesEngine(Engine):
-    """The engine with its loop copying each batch to the device itself (the loader threads leave them in pinned
-    host memory), as the plain loop does."""
-
-    def _data_options(self, purpose: str):
-        return dataclasses.replace(super()._data_options(purpose), copy_to_device=None)
-
-
 class _Preloaded(list):
     @property
     def num_batches(self) -> int:
@@ -189,9 +179,9 @@ def make_engine(args: argparse.Namespace, dataset: Dataset, worker_type: str, wo
         keys.update(data_loader_pacing=False)
     elif worker_type == "unpinned":
         keys.update(pin_training_loop=False)
-    elif worker_type not in ("default", "preloaded", "host-batches", "eager-submit", "foreach"):
+    elif worker_type not in ("default", "preloaded", "foreach"):
         keys.update(num_workers_per_gpu=workers, data_worker_type=worker_type if workers else "thread")
-    engine_class = {"preloaded": PreloadedEngine, "host-batches": HostBatchesEngine}.get(worker_type, Engine)
+    engine_class = {"preloaded": PreloadedEngine}.get(worker_type, Engine)
     engine = engine_class(Config(keys))
     engine.init_train(train_data=dataset)
     return engine
@@ -210,9 +200,8 @@ def main() -> None:
         default=["default", "thread:2", "process:1", "none:0"],
         help="data worker settings to time: default (the config without worker keys), thread:N, process:N, none:0, "
         "preloaded (the engine loop over the plain loop's in-memory batches), unpaced (the default without loader "
-        "pacing, see i6_minireturnn/data/loader_pacing.py), host-batches (the default, but the loop copies each batch "
-        "to the device, not the loader), eager-submit (the default, but a loader gets its next batch at once, not "
-        "at the loop's next window), foreach (the default, but Adam's foreach implementation as in the plain loop, not "
+        "pacing, see i6_minireturnn/loop_tuning.py), foreach (the default, but Adam's foreach implementation as "
+        "in the plain loop, not "
         "the fused kernels the engine chooses on a GPU), unpinned (the default, but the loop's threads where the "
         "scheduler puts them: pin_training_loop = False), plain-fused (the plain loop with fused Adam: the engine's "
         "optimizer), plain-pinned (the plain loop with its threads on one CPU, as the engine's), "
@@ -265,18 +254,12 @@ def main() -> None:
         """One epoch of `setting`: an engine, or the plain loop over the pipeline's batches (paced or not)."""
 
         def run(epoch: int) -> float:
-            if setting == "eager-submit":  # loads queued while the loop launches kernels start at once
-                PACING.at_next_window = lambda func: False
-                try:
-                    return engine_epoch(engines[setting], epoch)
-                finally:
-                    del PACING.at_next_window
             if setting in engines:
                 return engine_epoch(engines[setting], epoch)
             if setting == "plain-fused":
                 return plain_loop(reference, batches_per_epoch[epoch], args.device, fused=True)
             if setting == "plain-pinned":
-                with LOOP_PINNING.pinned(torch.device(args.device).index or 0):
+                with LOOP_TUNING.pinning.pinned(torch.device(args.device).index or 0):
                     return plain_loop(reference, batches_per_epoch[epoch], args.device)
             paced = setting != "plain-pipeline-unpaced"
             return plain_loop(reference, EpochBatches(dataset, epoch, options), args.device, paced)

@@ -5,7 +5,7 @@ torch call; a loader thread that wants the lock then takes it, and the loop wait
 such hand-overs cost a 2-layer model 13% of its step rate without loader pacing). This benchmark needs no GPU: a
 stand-in training loop takes each batch, then launches (calls a small torch function, which releases the lock, for
 ``--launch-ms``), then back-propagates (``--backward-ms`` without the lock, a window for paced loaders; see
-i6_minireturnn/data/loader_pacing.py). A launch call that takes more than ``--threshold-us`` counts as a hand-over;
+i6_minireturnn/loop_tuning.py). A launch call that takes more than ``--threshold-us`` counts as a hand-over;
 the figures are hand-overs per batch, the launch time lost per batch and the time the loop waited for batches, with
 and without pacing, against the same loop without a loader (the reference: calls that are slow for other reasons).
 
@@ -30,8 +30,8 @@ from hdf_pipeline import make_file  # noqa: E402
 
 from i6_minireturnn.config import Config  # noqa: E402
 from i6_minireturnn.data.hdf import HDFDataset  # noqa: E402
-from i6_minireturnn.data.loader_pacing import PACING  # noqa: E402
 from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions  # noqa: E402
+from i6_minireturnn.loop_tuning import LOOP_TUNING  # noqa: E402
 
 
 def stand_in_loop(
@@ -42,7 +42,7 @@ def stand_in_loop(
     calls = slow = lost = steps = 0
     waited = 0.0
     iterator = iter(batches) if batches is not None else iter(range(num_steps))
-    with PACING.training(paced):
+    with LOOP_TUNING.pacing.training(paced):
         while True:
             start = time.perf_counter()
             if next(iterator, None) is None:
@@ -60,7 +60,7 @@ def stand_in_loop(
                 if took > threshold_ns:
                     slow += 1
                     lost += took
-            with PACING.window():
+            with LOOP_TUNING.window():
                 time.sleep(backward_s)
     return {"steps": steps, "calls": calls, "slow": slow, "lost": lost, "waited": waited}
 

@@ -102,14 +102,12 @@ def collate_batch(
     dataset_name: Optional[str] = None,
     *,
     pin_memory: bool = False,
-    pause: Optional[Callable[[], None]] = None,
 ) -> Batch:
     """Pads each data key over the batch (zeros) and adds ``key:size0`` (batch size) and ``key:size<i>`` lengths.
 
     Non-array entries (``seq_tag``, ``seq_idx``) become plain lists. `dataset_name` is named in the error for a key
     the batch does not have. With `pin_memory` the tensors are collated straight into page-locked memory (for
-    asynchronous copies to the GPU), not collated and then copied there. `pause` is called before each key's
-    collation and each sequence's copy (see :mod:`.loader_pacing`).
+    asynchronous copies to the GPU), not collated and then copied there.
     """
     if not seqs:
         raise ValueError("cannot collate an empty batch")
@@ -119,15 +117,11 @@ def collate_batch(
         if not isinstance(values[0], np.ndarray) or values[0].dtype.kind in "UOS":
             batch[key] = list(values)
             continue
-        if pause is not None:
-            pause()
         arrays = [np.ascontiguousarray(v) for v in values]  # a scalar becomes one frame of one value
         shapes = [a.shape for a in arrays]
         padded = padded_buffer(shapes, collated_dtype(arrays[0].dtype), pin_memory=pin_memory)
         rows = padded.numpy()
         for b, a in enumerate(arrays):
-            if pause is not None:
-                pause()
             rows[(b,) + tuple(slice(0, n) for n in a.shape)] = a
         batch[key] = padded
         for axis in range(arrays[0].ndim):

@@ -35,19 +35,12 @@ class PipelineOptions:
     :func:`.epoch_plan.take_shard`): ``"drop"`` for training (every rank takes the same number of steps),
     ``"keep"`` for evaluation and forwarding (every batch is read once by some rank). It must be given when
     ``num_shards > 1``.
-
-    ``copy_to_device`` (a torch device, e.g. ``"cuda:0"``): loader threads copy each batch there before handing it
-    over, in the device's default stream, where the loop that takes the batches launches its kernels (a loop that
-    launches on another stream must wait for the default one). The loop then makes no copies of its own (see
-    :func:`.read_ahead.to_device`). Without loader threads (``num_workers = 0``, worker processes) batches stay
-    in host memory.
     """
 
     limits: BatchLimits
     drop_last: bool = False
     num_workers: int = 1
     pin_memory: bool = False
-    copy_to_device: Optional[str] = None
     worker_type: str = "thread"
     prefetch: int = 2  # batches in flight per worker
     length_filter: Optional[LengthFilter] = None
@@ -70,11 +63,6 @@ class PipelineOptions:
     def forks_workers(self) -> bool:
         """Whether batches come from forked worker processes (``data_worker_type = "process"``)."""
         return self.num_workers > 0 and self.worker_type == "process"
-
-    def for_loop_on(self, device: str) -> PipelineOptions:
-        """These options for a loop that runs on `device` (a copy): on a GPU, loader threads copy the batches there
-        (``copy_to_device``, see :func:`.read_ahead.to_device`)."""
-        return dataclasses.replace(self, copy_to_device=device if device.startswith("cuda") else None)
 
     def sharded(self, shard_index: int, num_shards: int, *, remainder: str) -> PipelineOptions:
         """These options for shard `shard_index` of `num_shards` (a copy; `remainder`: "drop" or "keep")."""

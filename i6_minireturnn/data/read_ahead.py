@@ -5,8 +5,8 @@ transfer between processes (which costs more than collating it). ``data_worker_t
 worker processes instead, for datasets whose loading holds the GIL.
 
 Where batches go to a GPU (``pin_memory``), threads collate them straight into page-locked memory (no second copy of
-each batch); with worker processes the DataLoader pins them. Where the loop wants its batches on the device
-(``copy_to_device``), the threads also copy them there (:func:`to_device`).
+each batch); with worker processes the DataLoader pins them. The loop copies them to the device. Loader threads
+keep out of a paced training loop's way (:mod:`..loop_tuning`).
 """
 
 from __future__ import annotations
@@ -21,83 +21,54 @@ import torch
 import torch.utils.data
 
 from ..errors import UserError
-from ..thread_affinity import LOOP_PINNING
+from ..loop_tuning import LOOP_TUNING
 from .batching import group_into_batches
 from .chunking import cut
-from .collate import Batch, collate_batch, map_tensors
+from .collate import Batch, collate_batch
 from .dataset import Dataset
 from .epoch_plan import Item, expand_sequence, streamed_positions
-from .loader_pacing import PACING
 
 if TYPE_CHECKING:
     from .pipeline import PipelineOptions
 
 
-def load_items(
-    dataset: Dataset, items: List[Item], pin_memory: bool = False, pause: Optional[Callable[[], None]] = None
-) -> Batch:
+def load_items(dataset: Dataset, items: List[Item], pin_memory: bool = False) -> Batch:
     """Loads the sequences of one planned batch (each once, also when several of its chunks are in it) and
-    collates them (into page-locked memory with `pin_memory`). `pause` is called between the pieces of work
-    (sequences, collation of each key; see :mod:`.loader_pacing`).
+    collates them (into page-locked memory with `pin_memory`). A paced loader thread may wait between the
+    sequences (:meth:`.LoopTuning.between_sequences`).
 
     Datasets that can (``reads_batches``, e.g. HDF) read whole sequences straight into the batch tensors
     (``read_batch``).
     """
     if getattr(dataset, "reads_batches", False) and all(item.span is None for item in items):
-        if pause is not None:
-            pause()
+        LOOP_TUNING.between_sequences()
         corpus_indices = [item.corpus_idx for item in items]
         return dataset.read_batch(corpus_indices, [item.seq_idx for item in items], pin_memory=pin_memory)
     loaded: Dict[int, Dict[str, Any]] = {}
     seqs = []
     for item in items:
         if item.corpus_idx not in loaded:
-            if pause is not None:
-                pause()
+            LOOP_TUNING.between_sequences()
             loaded[item.corpus_idx] = dataset.get_corpus_seq(item.corpus_idx, seq_idx=item.seq_idx)
         seqs.append(cut(loaded[item.corpus_idx], item.span))
-    return collate_batch(seqs, dataset_name=dataset.name, pin_memory=pin_memory, pause=pause)
+    return collate_batch(seqs, dataset_name=dataset.name, pin_memory=pin_memory)
 
 
-def to_device(batch: Batch, device: Optional[str], pause: Optional[Callable[[], None]] = None) -> Batch:
-    """`batch` with its tensors copied to `device` (None: `batch` as it is), by a loader thread ahead of the loop.
-
-    A loop whose steps are limited by launching kernels would otherwise make these copies itself at each step: a
-    torch call per tensor, each taking Python's lock and a share of the step's time. A loader thread's current stream
-    is the device's default stream, where the loop launches its kernels: those, launched after the loop took the
-    batch, run after the copies, and the device memory, allocated in that stream, is reused only after the kernels
-    queued before its release. From page-locked memory the copies do not wait for the device; the host buffers are
-    released here, and the host allocator keeps them until their copies are done. `pause` as in
-    :func:`load_items`."""
-    if device is None:
-        return batch
-    if pause is not None:
-        pause()
-    return map_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True))
-
-
-def stream_batches(
-    dataset: Dataset,
-    options: PipelineOptions,
-    seed: int,
-    pin_memory: bool = False,
-    pause: Optional[Callable[[], None]] = None,
-) -> Iterator[Batch]:
+def stream_batches(dataset: Dataset, options: PipelineOptions, seed: int, pin_memory: bool = False) -> Iterator[Batch]:
     """The batches of a dataset without cheap lengths: loads the shard's sequences in epoch order and batches them
     as they come (the same batches a plan would give, had the lengths been known); collated into page-locked memory
-    with `pin_memory`; `pause` as in :func:`load_items`."""
-    chunks = _streamed_chunks(dataset, options, seed, pause)
+    with `pin_memory`; paced as :func:`load_items`."""
+    chunks = _streamed_chunks(dataset, options, seed)
     for batch in group_into_batches(chunks, options.limits, drop_last=options.drop_last):
-        yield collate_batch(batch, dataset_name=dataset.name, pin_memory=pin_memory, pause=pause)
+        yield collate_batch(batch, dataset_name=dataset.name, pin_memory=pin_memory)
 
 
 def _streamed_chunks(
-    dataset: Dataset, options: PipelineOptions, seed: int, pause: Optional[Callable[[], None]]
+    dataset: Dataset, options: PipelineOptions, seed: int
 ) -> Iterator[Tuple[Dict[str, Any], Dict[str, int]]]:
     """(loaded sequence or chunk, its lengths) in epoch order, for the shard's positions."""
     for seq_idx in streamed_positions(dataset.num_seqs, options):
-        if pause is not None:
-            pause()
+        LOOP_TUNING.between_sequences()
         seq = dataset.get_seq(seq_idx)
         lengths = {k: int(v.shape[0]) for k, v in seq.items() if hasattr(v, "shape") and v.ndim}
         where = f"sequence {seq['seq_tag']!r} of dataset {dataset.name!r}"
@@ -122,15 +93,8 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     loads = _LoadQueue(pool)
 
     def load(index: int, items: List[Item]) -> Batch:
-        LOOP_PINNING.keep_off_loop_cpu()  # a pinned training loop has its CPU to itself
-
-        def ahead() -> bool:  # a batch after the one the loop needs next
-            return index > loads.taken
-
-        def pause() -> None:
-            PACING.wait_for_window(ahead)
-
-        return to_device(load_items(dataset, items, pin, pause), options.copy_to_device, pause)
+        with LOOP_TUNING.loading(ahead=lambda: index > loads.taken):  # ahead: after the batch the loop needs next
+            return load_items(dataset, items, pin)
 
     try:
         for index, items in enumerate(plan):
@@ -145,10 +109,7 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
 
 
 class _LoadQueue:
-    """The loads of batches ahead, oldest first, handed to the loader pool in order: at once where the loop needs
-    the batch next or is not paced, else when the loop next opens a window (a loader thread woken then finds the
-    loop in backward, not launching kernels; see :meth:`.LoaderPacing.at_next_window`). Used by the loop's thread.
-    """
+    """The loads of batches ahead, oldest first, handed to the loader pool in order. Used by the loop's thread."""
 
     def __init__(self, pool: ThreadPoolExecutor):
         self._pool = pool
@@ -162,8 +123,7 @@ class _LoadQueue:
     def add(self, func: Callable[..., Optional[Batch]], *args: Any) -> None:
         """Queues the load `func(*args)`."""
         self._loads.append([None, func, args])
-        if len(self._loads) == 1 or not PACING.at_next_window(self._start_all):
-            self._start_all()
+        self._start(len(self._loads))
 
     def take(self) -> Optional[Batch]:
         """The oldest load's batch (waiting for it is a window for paced loaders: the loop needs no Python then); the
@@ -173,21 +133,18 @@ class _LoadQueue:
         if future.done():
             batch = future.result()
         else:
-            with PACING.window():
+            with LOOP_TUNING.window():
                 batch = future.result()
         self.taken += 1
         if self._loads:
             self._start(1)
             if not self._loads[0][0].done():
-                PACING.next_batch_pending()
+                LOOP_TUNING.next_batch_pending()
         return batch
 
     def close(self) -> None:
         """No more loads start (the pool is shut down next)."""
         self._closed = True
-
-    def _start_all(self) -> None:
-        self._start(len(self._loads))
 
     def _start(self, count: int) -> None:
         for load in itertools.islice(self._loads, count):
@@ -206,20 +163,15 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
     def ahead() -> bool:  # the batch being collected is after the one the loop needs next
         return loads is not None and produced > loads.taken
 
-    def pause() -> None:
-        PACING.wait_for_window(ahead)
-
-    batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory, pause=pause)
+    batches = stream_batches(dataset, options, seed, pin_memory=options.pin_memory)
     if options.num_workers == 0:
         yield from batches
         return
 
     def next_batch() -> Optional[Batch]:
         nonlocal produced
-        LOOP_PINNING.keep_off_loop_cpu()  # a pinned training loop has its CPU to itself
-        batch = next(batches, None)
-        if batch is not None:
-            batch = to_device(batch, options.copy_to_device, pause)  # still batch `produced`: paced as its loading
+        with LOOP_TUNING.loading(ahead):
+            batch = next(batches, None)
         produced += 1
         return batch
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import threading
+import weakref
 from typing import Any, Callable, ContextManager, Deque, Dict, Optional, Tuple
 
 import torch
 
 from ..log import log
-from ..thread_affinity import LOOP_PINNING
+from ..loop_tuning import LOOP_TUNING
 from . import checkpoints
 from .stop_signals import StopRequested
 from .updater import Updater
@@ -37,7 +39,10 @@ def add_note(exc: BaseException, note: str) -> None:
 
 
 class BackgroundStore:
-    """A FIFO of write jobs run by one daemon thread (started by a submit, ending when the queue is empty)."""
+    """A FIFO of write jobs run by one daemon thread (started by a submit, ending when the queue is empty).
+
+    A fork (DataLoader worker processes) waits until the writer is idle: a child must not inherit locks the writer
+    thread holds mid-write (the log's stream, the allocator's)."""
 
     def __init__(self, *, in_background: bool = True):
         self.in_background = in_background
@@ -48,6 +53,7 @@ class BackgroundStore:
         self._last_writer: Optional[threading.Thread] = None  # the latest started, also once it cleared _thread
         self._failure: Optional[BaseException] = None
         self._failure_reported = False
+        _STORES.add(self)
 
     def submit(self, description: str, job: Job) -> None:
         """Runs `job` after all jobs submitted before; `description` (naming the file) goes into a failure's notes.
@@ -114,11 +120,15 @@ class BackgroundStore:
             print(f"ERROR: {type(write_error).__name__}: {write_error}", file=log.v1)
             add_note(error, f"Storing files failed as well: {type(write_error).__name__}: {write_error}")
 
-    def before_fork(self, options: Any) -> None:
-        """Waits for the writes where the pipeline `options` start worker processes by forking: a child must not
-        inherit locks the writer thread holds (the log's stream, the allocator's) mid-write."""
-        if options.forks_workers:
-            self.flush()
+    def wait_idle(self) -> None:
+        """Waits until the writer has run every submitted job and ended (no failure raised: see :meth:`flush`)."""
+        with self._cond:
+            self._cond.notify_all()
+            while self._jobs or self._busy:
+                self._cond.wait()
+            writer = self._last_writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
 
     def _raise_failure(self, *, again: bool) -> None:
         """Raises the failure of a job: always where new work would depend on it (`again`), else only the first time
@@ -142,7 +152,7 @@ class BackgroundStore:
                     continue
                 self._busy = True
             try:
-                LOOP_PINNING.keep_off_loop_cpu()  # written while the next epoch trains: not on its loop's CPU
+                LOOP_TUNING.helper_thread()  # written while the next epoch trains: not on its loop's CPU
                 job()
             except BaseException as exc:  # everything reaches the main thread; this thread only writes
                 add_note(exc, f"(while writing {description} in the background)")
@@ -153,3 +163,16 @@ class BackgroundStore:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+_STORES: weakref.WeakSet[BackgroundStore] = weakref.WeakSet()
+
+
+def _wait_for_writers_before_fork() -> None:
+    for store in list(_STORES):
+        if store._last_writer is not threading.current_thread():
+            store.wait_idle()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_wait_for_writers_before_fork)

@@ -24,12 +24,11 @@ import torch
 from ..config import Config
 from ..data.collate import map_tensors
 from ..data.dataset import Dataset
-from ..data.loader_pacing import PACING
 from ..data.pipeline import EpochBatches, PipelineOptions
 from ..data.registry import init_dataset
 from ..errors import ConfigError
 from ..log import log
-from ..thread_affinity import LOOP_PINNING, pinned_training_loop
+from ..loop_tuning import LOOP_TUNING
 from . import checkpoints
 from .device import autocast, read_amp_dtype, resolve_device, seed_everything
 from .distributed import init_distributed
@@ -115,10 +114,10 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             self._ranks.close(completed=completed)
 
     def _data_options(self, purpose: str) -> PipelineOptions:
-        """The pipeline options for training ("train") or evaluation ("eval"): on a GPU, loader threads copy the batches
-        to it (`PipelineOptions.for_loop_on`); with several ranks, this rank's shard: training drops the batches beyond
-        a multiple of the rank count (every rank takes the same steps), evaluation keeps them (their sums are added)."""
-        options, ranks = self._pipeline.for_loop_on(self._device), self._ranks
+        """The pipeline options for training ("train") or evaluation ("eval"): with several ranks, this rank's shard:
+        training drops the batches beyond a multiple of the rank count (every rank takes the same steps), evaluation
+        keeps them (their sums are added)."""
+        options, ranks = self._pipeline, self._ranks
         remainder = "drop" if purpose == "train" else "keep"
         return options if ranks.world_size == 1 else options.sharded(ranks.rank, ranks.world_size, remainder=remainder)
 
@@ -352,7 +351,6 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         """One epoch: steps over the training data, then save, evaluate and clean up."""
         print(f"start epoch {self.epoch} with learning rate {self.learning_rate} ...", file=log.v3)
         first, self._first_batches = self._first_batches, None  # started early where they are this epoch's
-        self._epochs.before_fork(self._data_options("train"))
         batches = take_batches(first, self.train_dataset, self.epoch, self._data_options("train"))
         self._steps_in_epoch = batches.num_batches
         skip_nonfinite = any(getattr(updater, "skip_nonfinite", False) for updater in self._updaters())
@@ -362,14 +360,14 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         run_ctx = init_train_step_run_ctx(
             device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
         )
-        pacing = PACING.training(self.config.bool("data_loader_pacing"))  # see data/loader_pacing.py
-        pinning = pinned_training_loop(  # see thread_affinity.py
+        tuning = LOOP_TUNING.training_loop(  # see loop_tuning.py
             self._device,
-            enabled=self.config.bool("pin_training_loop"),
+            paced=self.config.bool("data_loader_pacing"),
+            pinned=self.config.bool("pin_training_loop"),
             local_rank=getattr(self._ranks, "local_rank", 0),
             distributed=self._ranks.world_size > 1,
         )
-        with self._ranks.train_forward(self._model), pacing, pinning:
+        with self._ranks.train_forward(self._model), tuning:
             totals = self._step_loop(
                 self._same_steps_on_all_ranks(batches), self._train_one_step, run_ctx, tracker, report
             )
@@ -477,7 +475,7 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
         self._train_step += 1
         self._ranks.after_update(self._model, self._train_step)
         if step_idx == 0:  # threads the first step started (a custom engine's loader) leave a pinned loop's CPU
-            LOOP_PINNING.move_new_threads_off()
+            LOOP_TUNING.after_first_step()
         return result
 
     def run_train_step(self, data: Dict[str, Any], run_ctx: RunCtx, step_idx: int = 0) -> StepResult:
@@ -503,7 +501,6 @@ class Engine(EngineBase, InferenceTasks, MiniReturnnEngineNames):
             run_ctx = init_train_step_run_ctx(
                 device=self._device, engine=self, epoch=self.epoch, global_step=self._train_step
             )
-            self._epochs.before_fork(self._data_options("eval"))
             batches = EpochBatches(dataset, self.epoch, self._data_options("eval"))
             tracker = LossTracker(self._device, keep_step_values=log.verbose[5])
             report = self._loop_report(f"eval {name}", batches)

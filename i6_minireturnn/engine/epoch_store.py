@@ -309,7 +309,3 @@ class EpochStore:
     def flush_after(self, error: BaseException, deferring: Callable[[], ContextManager[None]]) -> None:
         """Finishes the files submitted before `error` ended the work (:meth:`BackgroundStore.flush_after`)."""
         self._writer.flush_after(error, deferring)
-
-    def before_fork(self, options: Any) -> None:
-        """Waits for the writes where the pipeline `options` fork worker processes (no writer mid-write in a child)."""
-        self._writer.before_fork(options)

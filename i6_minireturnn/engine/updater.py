@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Un
 
 import torch
 
-from ..data.loader_pacing import PACING
 from ..errors import ConfigError
 from ..log import log
+from ..loop_tuning import LOOP_TUNING
 from .checkpoints import cpu_snapshot, load_file, save_torch_atomic
 from .lr_schedule import StepSchedule, step_schedule_from_config
 from .optimizer_implementation import default_implementation, load_optimizer_state
@@ -328,7 +328,7 @@ class Updater:
         if self.skip_nonfinite and not bool(self.agree_on_finite(torch.isfinite(loss.detach()))):
             self.skip_step(step_idx)
             return
-        with PACING.window():  # backward runs without Python's lock: loader threads may work meanwhile
+        with LOOP_TUNING.window():  # backward runs without Python's lock: loader threads may work meanwhile
             if self._grad_scaler is not None:
                 self._grad_scaler.scale(loss).backward()
             else:

@@ -113,13 +113,15 @@ def _writer_threads():
     return [t for t in threading.enumerate() if t.name == "background-store"]
 
 
-_THREADS_AT_FORK = []  # names of this process's threads each time it forks (a hook cannot be removed again)
-os.register_at_fork(before=lambda: _THREADS_AT_FORK.append([t.name for t in threading.enumerate()]))
+# names of this process's threads each time it forked, seen right after the fork (hooks run before the fork in
+# reverse order of registration: this module's before the store's own; a hook cannot be removed again)
+_THREADS_AT_FORK = []
+os.register_at_fork(after_in_parent=lambda: _THREADS_AT_FORK.append([t.name for t in threading.enumerate()]))
 
 
 def test_no_writer_thread_when_worker_processes_are_forked(tmp_path, run_cli, monkeypatch):
     """Worker processes start by fork: a writer thread in the middle of a write would leave its locks held in the
-    child, so the engine finishes the writes before train and eval batches come from forked workers."""
+    child, so the writer finishes its files before any fork (train and eval batches from forked workers)."""
     extra = TRAINING.replace("num_workers_per_gpu = 2", 'num_workers_per_gpu = 1\ndata_worker_type = "process"')
     config = write_config(tmp_path, extra)
     _THREADS_AT_FORK.clear()
