@@ -8,6 +8,10 @@ beyond the logits, for a template-sized batch (B=16, T=60, U=15, V=11) and an i6
 V=1000).
 
     python benchmarks/rnnt_loss_vs_torchaudio.py [--repeats 20]
+
+torchaudio needs a torch build of its own: on a machine without a GPU, a separate virtual environment with
+torch 2.14.1 (the CUDA build also runs on the CPU) and torchaudio 2.11.1 runs the CPU part
+(``PYTHONPATH=. VENV/bin/python benchmarks/rnnt_loss_vs_torchaudio.py``).
 """
 
 from __future__ import annotations
