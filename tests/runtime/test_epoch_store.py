@@ -12,7 +12,7 @@ from i6_minireturnn.config import Config
 from i6_minireturnn.engine.engine import Engine
 from i6_minireturnn.file_formats import read_learning_rate_file
 
-from .conftest import write_config
+from .conftest import assert_equal_nested, write_config
 
 FORWARD = """
 forward = dev
@@ -86,9 +86,15 @@ def test_forward_skips_an_unreadable_newest_epoch_as_training_does(tmp_path, run
     assert float((tmp_path / "forward_weights.txt").read_text()) == _weight_sum(tmp_path / "out" / "model.001.pt")
 
 
-def test_a_damaged_optimizer_state_stops_before_any_work(tmp_path, run_cli):
+def test_a_damaged_optimizer_state_stops_before_any_work(tmp_path, run_cli, monkeypatch):
     """The optimizer state to continue with is read with the model: a damaged one stops the run before the missing
-    evaluation of the stored epoch runs and before learning_rates is rewritten, naming the file and the ways on."""
+    evaluation of the stored epoch runs and before learning_rates is rewritten, naming the file and the ways on.
+    Done as the message says (the epoch's files removed), the restart ends as the uninterrupted run."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    monkeypatch.chdir(reference)
+    assert run_cli(write_config(reference, "num_epochs = 3\n"))[0] == 0
+    monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path, "num_epochs = 3\n")
     assert run_cli(config, "++num_epochs", "2")[0] == 0
     out = tmp_path / "out"
@@ -107,6 +113,16 @@ def test_a_damaged_optimizer_state_stops_before_any_work(tmp_path, run_cli):
     assert "remove" in err and "model.002.pt" in err
     assert "eval dev" not in stdout  # no work done
     assert lr_file.read_bytes() == before
+
+    (out / "model.002.pt").unlink()
+    opt.unlink()
+    code, _, err = run_cli(config)
+    assert code == 0, err
+    for name in ("model.003.pt", "model.003.opt.pt", "model.002.pt"):
+        assert_equal_nested(
+            torch.load(out / name, weights_only=False), torch.load(reference / "out" / name, weights_only=False), name
+        )
+    assert lr_file.read_text() == (reference / "out" / "learning_rates").read_text()
 
 
 def test_a_checkpoint_that_does_not_fit_names_its_file(tmp_path, run_cli):
