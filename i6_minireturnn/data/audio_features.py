@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import math
 import os
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -301,7 +302,8 @@ class AudioFeatureExtractor:
     ``num_channels`` are refused with a ConfigError unless unset, as is any unknown option.
 
     Per sequence, in RETURNN's order: pre-emphasis, peak normalisation, pre_process, features, deltas, mean and
-    standard-deviation normalisation, join_frames, post_process.
+    standard-deviation normalisation, join_frames, post_process. pre_process, a feature function and a post_process
+    that takes a ``random_state`` keyword draw from the utterance's own generator (see :meth:`__call__`).
     """
 
     def __init__(
@@ -350,8 +352,21 @@ class AudioFeatureExtractor:
         self.sample_rate = sample_rate
         self.pre_process = pre_process
         self.post_process = post_process
-        # RETURNN's OggZipDataset hands its extractor a RandomState(1) for pre_process and feature functions
+        self._post_process_takes_random_state = post_process is not None and _takes_keyword(
+            post_process, "random_state"
+        )
+        if random_state is not None and not isinstance(random_state, np.random.RandomState):
+            raise ConfigError(f"audio random_state must be a numpy RandomState, got {type(random_state).__name__}")
+        # A dataset hands each utterance its own generator (see __call__); a given random_state seeds those (its
+        # state, which is not advanced), so that it changes the numbers but they stay the same for any loaders.
+        self.seed_key = _state_key(random_state) if random_state is not None else ()
+        # the generator of calls without one (RETURNN's RandomState(1)): its numbers depend on the order of the calls
         self.random_state = random_state if random_state is not None else np.random.RandomState(1)
+
+    @property
+    def draws_random_numbers(self) -> bool:
+        """Whether an utterance's features may draw from its `random_state` (else a caller need not make one)."""
+        return self.pre_process is not None or callable(self.features) or self._post_process_takes_random_state
 
     @property
     def feature_dim(self) -> int:
@@ -372,9 +387,20 @@ class AudioFeatureExtractor:
             frames = max(0, 1 + (samples - frame_length) // int(self.step_len * rate))
         return -(-frames // self.join_frames) if self.join_frames else frames
 
-    def __call__(self, audio: np.ndarray, sample_rate: int, *, where: str = "", seq_name: Optional[str] = None):
+    def __call__(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        where: str = "",
+        seq_name: Optional[str] = None,
+        random_state: Optional[np.random.RandomState] = None,
+    ):
         """[frames, feature_dim] float32 features of one utterance; `where` names it in errors, `seq_name` goes
-        to post_process."""
+        to post_process. `random_state`: the utterance's own generator for pre_process, a feature function and a
+        post_process that takes it (a dataset passes :meth:`.Dataset.seq_random_state` with :attr:`seed_key`);
+        None: the extractor's shared one, whose numbers then depend on which utterances it gave numbers before."""
+        random_state = random_state if random_state is not None else self.random_state
         if self.sample_rate and sample_rate != self.sample_rate:
             raise DataError(f"{where}: audio has sample rate {sample_rate}, audio options ask for {self.sample_rate}")
         audio = np.asarray(audio, dtype=np.float64)
@@ -387,23 +413,26 @@ class AudioFeatureExtractor:
             if peak > 0:
                 audio = audio / peak
         if self.pre_process is not None:
-            audio = self.pre_process(audio=audio, sample_rate=sample_rate, random_state=self.random_state)
+            audio = self.pre_process(audio=audio, sample_rate=sample_rate, random_state=random_state)
             audio = np.asarray(audio, dtype=np.float64)
-        data = self._features(audio, sample_rate, where)
+        data = self._features(audio, sample_rate, where, random_state)
         if self.with_delta:
             data = np.concatenate([data] + [delta(data, order) for order in range(1, self.with_delta + 1)], axis=1)
         data = _normalise(data, self.norm_mean, self.norm_std_dev)
         if self.join_frames:
             data = _join_frames(data, self.join_frames)
         if self.post_process is not None:
-            data = np.asarray(self.post_process(data, seq_name=seq_name))
+            extra = {"random_state": random_state} if self._post_process_takes_random_state else {}
+            data = np.asarray(self.post_process(data, seq_name=seq_name, **extra))
             if data.ndim != 2 or data.shape[1] != self.feature_dim:
                 raise DataError(
                     f"{where}: audio post_process returned shape {data.shape}, expected (T, {self.feature_dim})"
                 )
         return data.astype("float32")
 
-    def _features(self, audio: np.ndarray, sample_rate: int, where: str) -> np.ndarray:
+    def _features(
+        self, audio: np.ndarray, sample_rate: int, where: str, random_state: np.random.RandomState
+    ) -> np.ndarray:
         """[frames, num_feature_filters] features of the prepared samples."""
         if self.features == "raw":
             return audio[:, None]
@@ -411,7 +440,7 @@ class AudioFeatureExtractor:
         if callable(self.features):
             data = np.asarray(
                 self.features(
-                    random_state=self.random_state,
+                    random_state=random_state,
                     **dict(zip(_BASE_FEATURE_ARGS, args)),
                     **self.feature_options,
                 )
@@ -460,6 +489,24 @@ def _check_unsupported(options: Dict[str, Any]) -> None:
         close = difflib.get_close_matches(key, _KNOWN_OPTIONS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"audio option {key!r} unknown{hint}; valid: {', '.join(_KNOWN_OPTIONS)}")
+
+
+def _takes_keyword(function: Callable[..., Any], name: str) -> bool:
+    """Whether `function` accepts the keyword argument `name` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): pass only what RETURNN passes
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in params
+    )
+
+
+def _state_key(random_state: np.random.RandomState) -> Tuple[int, ...]:
+    """Two seed words from a RandomState's state (without drawing from it): equal states give equal words."""
+    _, keys, pos, *_ = random_state.get_state()
+    return tuple(int(w) for w in np.random.SeedSequence([int(pos), *keys.tolist()]).generate_state(2))
 
 
 def _check_with_delta(with_delta: Any) -> int:

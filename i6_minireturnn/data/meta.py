@@ -113,13 +113,19 @@ class MetaDataset(Dataset):
     ) -> bool:
         """The control dataset's order (its seq_ordering, partition_epoch and filters)."""
         self.check_tags()
-        self.epoch = epoch or 1
+        self.set_epoch(epoch or 1)
         if seq_order is not None:
             self._epoch_order = [int(i) for i in seq_order]
             return True
         self.control.init_seq_order(self.epoch, seq_list=seq_list)
         self._epoch_order = [self.control.corpus_index(i) for i in range(self.control.num_seqs)]
         return True
+
+    def set_epoch(self, epoch: int) -> None:
+        # the other datasets are read by tag, never ordered: their loading learns the epoch here
+        super().set_epoch(epoch)
+        for dataset in self.datasets.values():
+            dataset.set_epoch(epoch)
 
     def _sub_index(self, name: str, corpus_idx: int) -> int:
         return self._index_of(name)[self.corpus_seq_tag(corpus_idx)]
@@ -153,6 +159,12 @@ class _Concatenated(Dataset):
         self._offsets = CorpusOffsets([d.corpus_size() for d in datasets])
         self.has_cheap_lengths = all(d.has_cheap_lengths for d in datasets)
 
+    def set_epoch(self, epoch: int) -> None:
+        # parts are ordered only by some orderings (e.g. ConcatDataset's own); all of them are loaded in this epoch
+        super().set_epoch(epoch)
+        for part in self.parts:
+            part.set_epoch(epoch)
+
     def _locate(self, corpus_idx: int) -> Tuple[Dataset, int]:
         part, idx = self._offsets.locate(corpus_idx)
         return self.parts[part], idx
@@ -185,7 +197,7 @@ class ConcatDataset(_Concatenated):
     def init_seq_order(self, epoch=None, seq_list=None, seq_order=None) -> bool:
         if seq_list is not None or seq_order is not None:
             return super().init_seq_order(epoch, seq_list=seq_list, seq_order=seq_order)
-        self.epoch = epoch or 1
+        self.set_epoch(epoch or 1)
         order: List[int] = []
         for offset, part in zip(self._offsets.starts, self.parts):
             part.init_seq_order(self.epoch)
@@ -229,7 +241,7 @@ class CombinedDataset(_Concatenated):
         orderings sort the joint corpus as in RETURNN."""
         if self.seq_ordering != "interleave" or seq_list is not None or seq_order is not None:
             return super().init_seq_order(epoch, seq_list=seq_list, seq_order=seq_order)
-        self.epoch = epoch or 1
+        self.set_epoch(epoch or 1)
         for part in self.parts:
             part.init_seq_order(self.epoch)
         by_key = sorted(range(len(self.parts)), key=lambda i: self.names[i])  # RETURNN numbers parts by sorted key
@@ -301,6 +313,11 @@ class ConcatSeqsDataset(Dataset):
 
     def corpus_size(self) -> int:
         return len(self.lines)
+
+    def set_epoch(self, epoch: int) -> None:
+        # the dataset is read by corpus index, never ordered: its loading learns the epoch here
+        super().set_epoch(epoch)
+        self.sub.set_epoch(epoch)
 
     def corpus_seq_tag(self, corpus_idx: int) -> str:
         return self.lines[corpus_idx]

@@ -149,7 +149,13 @@ class OggZipDataset(Dataset):
                 samples, rate = soundfile.read(io.BytesIO(raw), dtype="float32")
             except Exception as exc:
                 raise DataError(f"{where}: cannot read audio {entry['_member']!r}: {exc}") from None
-            result["data"] = self.audio(samples, rate, where=where, seq_name=self._tag(entry))
+            # the utterance's own numbers, the same whichever loader reads it (made only where something draws)
+            random_state = (
+                self.seq_random_state(corpus_idx, *self.audio.seed_key) if self.audio.draws_random_numbers else None
+            )
+            result["data"] = self.audio(
+                samples, rate, where=where, seq_name=self._tag(entry), random_state=random_state
+            )
         if self.targets is not None:
             result["classes"] = self._target(corpus_idx)
         return result

@@ -241,12 +241,22 @@ def _loader_processes(source: torch.utils.data.Dataset, num_workers: int, option
         batch_size=None,
         num_workers=num_workers,
         pin_memory=options.pin_memory,
+        generator=_base_seed_generator(source.dataset),  # not torch's global one: see there
         multiprocessing_context=_worker_context() if num_workers else None,
     )
     for batch in loader:
         if isinstance(batch, _WorkerUserError):
             raise batch.error
         yield batch
+
+
+def _base_seed_generator(dataset: Dataset) -> torch.Generator:
+    """The generator a DataLoader draws its workers' base seed from when it starts iterating, seeded from the epoch.
+    Without one it draws from torch's global generator in the training loop's process: every epoch read by worker
+    processes would move the loop's random numbers (dropout, SpecAugment) by one draw, unlike loader threads."""
+    generator = torch.Generator()
+    generator.manual_seed(dataset.random_seed_for_epoch(dataset.epoch or 1) % 2**63)
+    return generator
 
 
 def _worker_context() -> Optional[str]:

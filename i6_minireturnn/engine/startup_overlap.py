@@ -2,8 +2,10 @@
 batches (planned and read ahead) and the CUDA context.
 
 The batches are the ones the epoch would read anyway: planning is a pure function of (dataset, epoch, options) and
-loading draws random numbers only from seeded local generators, never from the global ones that the engine seeds per
-epoch and for the model's initialisation (see data/epoch_plan.py), so starting early changes neither order nor content.
+loading draws random numbers only from each sequence's own generator, seeded from (epoch, sequence)
+(:meth:`.Dataset.seq_random_state`), never from the global ones that the engine seeds per epoch and for the model's
+initialisation, so starting early changes neither order nor content. Loading code that draws from a global generator
+(``np.random`` in a pre_process) breaks the rule of docs/datasets.md: its numbers depend on timing, early start or not.
 """
 
 from __future__ import annotations
