@@ -72,15 +72,7 @@ class BackgroundStore:
 
     def flush(self) -> None:
         """Waits until every submitted job has run; raises the first failure (once)."""
-        with self._cond:
-            # also wakes a writer whose notify a signal interrupted (a submit that raised StopRequested midway)
-            self._cond.notify_all()
-            while self._jobs or self._busy:
-                self._cond.wait()
-            # the latest writer, also where it already cleared _thread (it may still be ending)
-            writer = self._last_writer
-        if writer is not None:  # ends now that the queue is empty: no thread of ours is left for a fork to copy
-            writer.join()
+        self.wait_idle()
         self._raise_failure(again=False)
 
     def submit_model(
@@ -123,10 +115,13 @@ class BackgroundStore:
     def wait_idle(self) -> None:
         """Waits until the writer has run every submitted job and ended (no failure raised: see :meth:`flush`)."""
         with self._cond:
+            # also wakes a writer whose notify a signal interrupted (a submit that raised StopRequested midway)
             self._cond.notify_all()
             while self._jobs or self._busy:
                 self._cond.wait()
+            # the latest writer, also where it already cleared _thread (it may still be ending)
             writer = self._last_writer
+        # it ends now that the queue is empty: no thread of ours is left for a fork to copy
         if writer is not None and writer is not threading.current_thread():
             writer.join()
 
