@@ -405,6 +405,7 @@ _KEYS: List[Key] = [
         "data loaders that prepare the next batches while one trains (0: load in the training loop)",
         integer(0),
         1,
+        default_doc="1; unset on a GPU, a dataset that decodes audio gets one per usable CPU but 2, at most 8 (logged)",
     ),
     _surface(
         "data_worker_type",

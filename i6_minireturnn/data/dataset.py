@@ -93,6 +93,10 @@ class Dataset:
     """Whether ``corpus_seq_lengths`` answers without loading data (then the pipeline plans batches up front);
     datasets over other datasets set it per instance, from their parts."""
 
+    decodes_audio: bool = False
+    """Whether loading decodes audio (then, on a GPU, the pipeline gives the dataset more loaders by default:
+    :mod:`.loader_count`); datasets over other datasets set it per instance, from their parts."""
+
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         own = vars(cls)

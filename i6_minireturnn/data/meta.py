@@ -63,6 +63,7 @@ class MetaDataset(Dataset):
             sub = self.datasets[name].data_keys[sub_key]
             self.data_keys[key] = DataKey(key, sub.dim, sub.dtype, sub.sparse, sub.shape)
         self.has_cheap_lengths = all(self.datasets[name].has_cheap_lengths for name, _ in self.data_map.values())
+        self.decodes_audio = any(self.datasets[name].decodes_audio for name, _ in self.data_map.values())
         self.control = self.datasets[self.control_name]
         self.seq_list = set(read_tag_list(seq_list_file, "seq_list_file")) if seq_list_file else None
         self._tag_index: Dict[str, Dict[str, int]] = {}
@@ -158,6 +159,7 @@ class _Concatenated(Dataset):
         self.parts = datasets
         self._offsets = CorpusOffsets([d.corpus_size() for d in datasets])
         self.has_cheap_lengths = all(d.has_cheap_lengths for d in datasets)
+        self.decodes_audio = any(d.decodes_audio for d in datasets)
 
     def set_epoch(self, epoch: int) -> None:
         # parts are ordered only by some orderings (e.g. ConcatDataset's own); all of them are loaded in this epoch
@@ -310,6 +312,7 @@ class ConcatSeqsDataset(Dataset):
         self.remove_postfix = dict(remove_in_between_postfix or {})
         self.repeat_multiple = dict(repeat_in_between_last_frame_up_to_multiple_of or {})
         self.has_cheap_lengths = self.sub.has_cheap_lengths
+        self.decodes_audio = self.sub.decodes_audio
 
     def corpus_size(self) -> int:
         return len(self.lines)

@@ -45,6 +45,7 @@ class OggZipDataset(Dataset):
         paths = [path] if isinstance(path, str) else list(path)
         self.paths = [cached_path(p, enabled=use_cache_manager) for p in paths]
         self.audio = AudioFeatureExtractor(**audio) if audio is not None else None
+        self.decodes_audio = self.audio is not None
         self.targets = create_vocab(targets) if targets is not None else None
         self.name_prefix = zip_audio_files_have_name_as_prefix
         self.entries: List[Dict[str, Any]] = []

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional, Set
 
 from ..errors import ConfigError, DataError
+from ..log import log
+from . import loader_count
 from .batching import BatchLimits
 from .chunking import Chunking, LengthFilter
 from .dataset import Dataset
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from ..config import Config
 
 SHARD_REMAINDERS = ("drop", "keep")
+_SIZED: Set[str] = set()  # datasets whose loader count the log has named
 
 
 @dataclass
@@ -48,6 +51,9 @@ class PipelineOptions:
     shard_index: int = 0
     num_shards: int = 1
     shard_remainder: Optional[str] = None
+    # loaders of a dataset that decodes audio, where the config leaves the number to the machine (on a GPU)
+    decoding_workers: Optional[int] = None
+    decoding_workers_why: str = ""
 
     def __post_init__(self) -> None:
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -64,6 +70,20 @@ class PipelineOptions:
         """Whether batches come from forked worker processes (``data_worker_type = "process"``)."""
         return self.num_workers > 0 and self.worker_type == "process"
 
+    def for_dataset(self, dataset: Dataset) -> PipelineOptions:
+        """These options for `dataset`: where it decodes audio and the number of loaders is the machine's to choose,
+        that number (:mod:`.loader_count`), said once per dataset in the log."""
+        if self.decoding_workers is None or not dataset.decodes_audio or self.decoding_workers == self.num_workers:
+            return self
+        if dataset.name not in _SIZED:
+            _SIZED.add(dataset.name)
+            print(
+                f"Data loaders for dataset {dataset.name!r}: {self.decoding_workers} threads (it decodes audio; "
+                f"{self.decoding_workers_why}; num_workers_per_gpu sets the number)",
+                file=log.v3,
+            )
+        return dataclasses.replace(self, num_workers=self.decoding_workers)
+
     def sharded(self, shard_index: int, num_shards: int, *, remainder: str) -> PipelineOptions:
         """These options for shard `shard_index` of `num_shards` (a copy; `remainder`: "drop" or "keep")."""
         return dataclasses.replace(self, shard_index=shard_index, num_shards=num_shards, shard_remainder=remainder)
@@ -77,6 +97,9 @@ class PipelineOptions:
             batch_size = config.int("batch_size")
         limits = BatchLimits(batch_size, config.int("max_seqs"))
         num_workers = config.int("num_workers_per_gpu")
+        decoding_workers, decoding_why = None, ""
+        if not config.has("num_workers_per_gpu") and device.startswith("cuda"):
+            decoding_workers, decoding_why = loader_count.decoding_loaders()
         worker_type = config.value("data_worker_type")
         if worker_type not in ("thread", "process"):
             raise ConfigError(f"data_worker_type must be 'thread' or 'process', got {worker_type!r}")
@@ -90,6 +113,8 @@ class PipelineOptions:
             num_workers=max(0, num_workers),
             pin_memory=device.startswith("cuda"),
             worker_type=worker_type,
+            decoding_workers=decoding_workers,
+            decoding_workers_why=decoding_why,
         )
 
 
@@ -103,7 +128,7 @@ class EpochBatches:
     def __init__(self, dataset: Dataset, epoch: int, options: PipelineOptions):
         self.dataset = dataset
         self.epoch = epoch
-        self.options = options
+        self.options = options = options.for_dataset(dataset)
         self.plan: Optional[List[List[Item]]] = None  # the shard's batches, where planned
         if dataset.has_cheap_lengths:
             self.plan = take_shard(plan_epoch(dataset, epoch, options), options)
