@@ -64,6 +64,29 @@ def test_a_loop_that_opens_no_window_still_gets_every_batch(streamed):
     assert seconds < 30
 
 
+def test_loaders_wait_for_a_window_only_while_the_next_batch_is_ready():
+    """With several loaders, those on later batches keep working while the loop waits for its next batch (loading is
+    the limit: decoding audio); once that batch is ready, they may wait for the loop's windows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from i6_minireturnn.data.read_ahead import _LoadQueue
+
+    release = [threading.Event() for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        loads = _LoadQueue(pool)
+        for index in range(3):
+            loads.add(lambda i: release[i].wait() and i, index)
+        assert [loads.ahead_of_loop(i) for i in range(3)] == [False, False, False]  # batch 0 still loading
+        release[0].set()
+        while not loads._loads[0][0].done():
+            time.sleep(0.001)
+        assert [loads.ahead_of_loop(i) for i in range(3)] == [False, True, True]  # batch 0 ready: later ones may wait
+        assert loads.take() == 0
+        assert [loads.ahead_of_loop(i) for i in range(1, 3)] == [False, False]  # batch 1 needed and not ready
+        release[1].set(), release[2].set()
+        assert [loads.take(), loads.take()] == [1, 2]
+
+
 def test_no_loader_thread_waits_after_the_loop_ends():
     dataset = SyntheticSpeechDataset(num_seqs=40)
     options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=2)
