@@ -39,7 +39,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from typing import Dict, List, Optional, Tuple
@@ -57,7 +56,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from i6_models.assemblies.conformer.conformer_v1 import ConformerBlockV1Config, ConformerEncoderV1, ConformerEncoderV1Config
+from i6_models.assemblies.conformer.conformer_v1 import (
+    ConformerBlockV1Config,
+    ConformerEncoderV1,
+    ConformerEncoderV1Config,
+)
 from i6_models.config import ModuleFactoryV1
 from i6_models.parts.conformer.convolution import ConformerConvolutionV1Config
 from i6_models.parts.conformer.feedforward import ConformerPositionwiseFeedForwardV1Config
@@ -120,7 +123,9 @@ class Model(nn.Module):
         )
         block = ConformerBlockV1Config(
             ff_cfg=ConformerPositionwiseFeedForwardV1Config(input_dim=DIM, hidden_dim=4 * DIM, dropout=0.1),
-            mhsa_cfg=ConformerMHSAV1Config(input_dim=DIM, num_att_heads=DIM // 64, att_weights_dropout=0.1, dropout=0.1),
+            mhsa_cfg=ConformerMHSAV1Config(
+                input_dim=DIM, num_att_heads=DIM // 64, att_weights_dropout=0.1, dropout=0.1
+            ),
             conv_cfg=ConformerConvolutionV1Config(
                 channels=DIM, kernel_size=31, dropout=0.1, activation=nn.functional.silu, norm=LayerNormNC(DIM)
             ),
