@@ -124,7 +124,7 @@ class Model(nn.Module):
         block = ConformerBlockV1Config(
             ff_cfg=ConformerPositionwiseFeedForwardV1Config(input_dim=DIM, hidden_dim=4 * DIM, dropout=0.1),
             mhsa_cfg=ConformerMHSAV1Config(
-                input_dim=DIM, num_att_heads=DIM // 64, att_weights_dropout=0.1, dropout=0.1
+                input_dim=DIM, num_att_heads=4, att_weights_dropout=0.1, dropout=0.1
             ),
             conv_cfg=ConformerConvolutionV1Config(
                 channels=DIM, kernel_size=31, dropout=0.1, activation=nn.functional.silu, norm=LayerNormNC(DIM)

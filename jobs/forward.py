@@ -12,6 +12,7 @@ from i6_core.returnn.training import PtCheckpoint
 from sisyphus import Job, Task, tk
 
 from .launch import (
+    default_cpu_rqmt,
     python_executable,
     refuse_job_controlled_keys,
     run_runtime,
@@ -43,7 +44,7 @@ class MiniReturnnForwardJob(Job):
         device: str = "gpu",
         time_rqmt: float = 4,
         mem_rqmt: float = 4,
-        cpu_rqmt: int = 2,
+        cpu_rqmt: Optional[int] = None,
         python_exe: Optional[tk.Path] = None,
     ):
         """
@@ -54,7 +55,7 @@ class MiniReturnnForwardJob(Job):
         :param device: "gpu" or "cpu" (not hashed)
         :param time_rqmt: hours
         :param mem_rqmt: GB of memory
-        :param cpu_rqmt: CPU cores
+        :param cpu_rqmt: CPU cores; default: 10 on a GPU (loader threads for a dataset that decodes audio), 2 on the CPU
         :param python_exe: Python to run the runtime with (not hashed)
         """
         refuse_job_controlled_keys(returnn_config, JOB_CONTROLLED_KEYS, "MiniReturnnForwardJob")
@@ -71,7 +72,8 @@ class MiniReturnnForwardJob(Job):
         }
         self.out_returnn_config_file = self.output_path("returnn.config")
         self.out_files = {name: self.output_path(name) for name in self.output_files}
-        self.rqmt = {"gpu": 1 if device == "gpu" else 0, "cpu": cpu_rqmt, "mem": mem_rqmt, "time": time_rqmt}
+        cpus = cpu_rqmt if cpu_rqmt is not None else default_cpu_rqmt(device)
+        self.rqmt = {"gpu": 1 if device == "gpu" else 0, "cpu": cpus, "mem": mem_rqmt, "time": time_rqmt}
 
     def tasks(self) -> Iterator[Task]:
         yield Task("create_files", mini_task=True)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
+from i6_minireturnn.data.loader_count import CPU_PROCESS_CPUS, GPU_PROCESS_CPUS
+
 from .distributed import ProcessLayout, Rendezvous, ShellExpr, torchrun_arguments
 
 if TYPE_CHECKING:
@@ -97,6 +99,13 @@ def run_runtime(command: Sequence[str], env: Mapping[str, str]) -> None:
 def shell_command(command: Sequence[str]) -> str:
     """The command as one shell line; :class:`~jobs.distributed.ShellExpr` arguments are written as they are."""
     return " ".join(c if isinstance(c, ShellExpr) else shlex.quote(c) for c in command)
+
+
+def default_cpu_rqmt(device: str) -> int:
+    """CPU cores a runtime process asks for where the job's ``cpu_rqmt`` is not given: on a GPU, enough for the most
+    loader threads the runtime gives a dataset that decodes audio (:mod:`i6_minireturnn.data.loader_count`) and the
+    training loop; on the CPU, 2."""
+    return GPU_PROCESS_CPUS if device == "gpu" else CPU_PROCESS_CPUS
 
 
 def runtime_env(cpus: int) -> Dict[str, str]:

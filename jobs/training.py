@@ -23,6 +23,7 @@ from i6_minireturnn.tools.plot_training import write_plots
 from .distributed import Rendezvous, process_layout, requirements, slurm_rendezvous, slurm_rendezvous_in_script
 from .launch import (
     LEARNING_RATE_FILE,
+    default_cpu_rqmt,
     python_executable,
     refuse_job_controlled_keys,
     run_runtime,
@@ -71,7 +72,7 @@ class MiniReturnnTrainingJob(Job):
         keep_epochs: Optional[Iterable[int]] = None,
         time_rqmt: float = 4,
         mem_rqmt: float = 4,
-        cpu_rqmt: int = 2,
+        cpu_rqmt: Optional[int] = None,
         num_processes: Optional[int] = None,
         distributed_launch_cmd: str = "torchrun",
         horovod_num_processes: Optional[int] = None,
@@ -96,7 +97,8 @@ class MiniReturnnTrainingJob(Job):
             ``cleanup_old_models`` dict.
         :param time_rqmt: hours per run
         :param mem_rqmt: GB of memory per process
-        :param cpu_rqmt: CPU cores per process (also OMP_NUM_THREADS / MKL_NUM_THREADS)
+        :param cpu_rqmt: CPU cores per process (also OMP_NUM_THREADS / MKL_NUM_THREADS); default: 10 on a GPU (8 loader
+            threads for a dataset that decodes audio, and the training loop's 2), 2 on the CPU
         :param num_processes: the number of processes in all (one GPU each), launched with torch.distributed.run when
             more than one; the post_config then gets ``torch_distributed = {}`` unless the config sets it. Hashed (it
             changes the effective batch)
@@ -169,7 +171,7 @@ class MiniReturnnTrainingJob(Job):
         self.rqmt = requirements(
             self.layout,
             device=device,
-            cpu_rqmt=cpu_rqmt,
+            cpu_rqmt=cpu_rqmt if cpu_rqmt is not None else default_cpu_rqmt(device),
             mem_rqmt=mem_rqmt,
             time_rqmt=time_rqmt,
             multi_node_slots=multi_node_slots,

@@ -403,7 +403,8 @@ class AudioFeatureExtractor:
         random_state = random_state if random_state is not None else self.random_state
         if self.sample_rate and sample_rate != self.sample_rate:
             raise DataError(f"{where}: audio has sample rate {sample_rate}, audio options ask for {self.sample_rate}")
-        audio = np.asarray(audio, dtype=np.float64)
+        if not self._exact_in_float32(audio):
+            audio = np.asarray(audio, dtype=np.float64)
         if audio.ndim == 2:
             audio = audio.mean(axis=1)  # mix channels
         if self.preemphasis:
@@ -428,7 +429,25 @@ class AudioFeatureExtractor:
                 raise DataError(
                     f"{where}: audio post_process returned shape {data.shape}, expected (T, {self.feature_dim})"
                 )
-        return data.astype("float32")
+        return data.astype("float32", copy=False)
+
+    def _exact_in_float32(self, audio: np.ndarray) -> bool:
+        """Whether float32 samples give the same features without widening to float64 first: raw samples of one
+        channel, at most peak-normalized, untouched by Python functions. (A quotient of two float32 numbers computed
+        in float64 and rounded to float32 is the float32 quotient, so the result is the same, bit for bit, with two
+        copies of the utterance fewer: a tenth of a loader's time next to decoding Vorbis.)"""
+        return (
+            audio.dtype == np.float32
+            and audio.ndim == 1
+            and self.features == "raw"
+            and not self.preemphasis
+            and self.pre_process is None
+            and self.post_process is None
+            and not self.with_delta
+            and self.norm_mean is None
+            and self.norm_std_dev is None
+            and not self.join_frames
+        )
 
     def _features(
         self, audio: np.ndarray, sample_rate: int, where: str, random_state: np.random.RandomState

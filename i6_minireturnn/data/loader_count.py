@@ -20,6 +20,10 @@ from typing import List, Mapping, Optional, Tuple
 
 MOST_LOADERS = 8
 KEPT_FOR_THE_LOOP = 2
+# what the jobs ask for per GPU process by default (``cpu_rqmt``): enough that a dataset decoding audio gets the most
+# loaders this rule gives
+GPU_PROCESS_CPUS = MOST_LOADERS + KEPT_FOR_THE_LOOP
+CPU_PROCESS_CPUS = 2
 
 
 def usable_cpus(environ: Mapping[str, str] = os.environ, cgroup_root: str = "/sys/fs/cgroup") -> Tuple[int, str]:

@@ -344,3 +344,21 @@ def test_oggzip_with_i6_helper_audio_dicts(tmp_path, audio, dim):
         data = dataset.get_seq(i)["data"]
         assert data.shape == (dataset.get_seq_length(i)["data"], dim) and data.dtype == np.float32
         np.testing.assert_allclose(data, extractor(_signal(seconds, seed=i).astype("float32"), RATE), atol=1e-4)
+
+
+@pytest.mark.parametrize("peak_normalization", [True, False])
+def test_raw_float32_samples_give_the_float64_computation_bit_for_bit(peak_normalization):
+    """Raw mono samples stay float32 (no widened copies); the result equals RETURNN's float64 computation rounded to
+    float32, bit for bit, with and without peak normalization; stereo is mixed in float64 as before."""
+    rng = np.random.RandomState(3)
+    samples = (rng.standard_normal(16000) * 0.2).astype("float32")
+    extractor = AudioFeatureExtractor(features="raw", sample_rate=16000, peak_normalization=peak_normalization)
+    wide = samples.astype("float64")
+    expected = (wide / np.abs(wide).max() if peak_normalization else wide).astype("float32")[:, None]
+    got = extractor(samples, 16000)
+    assert got.dtype == np.float32 and got.shape == (16000, 1)
+    assert np.array_equal(got.view(np.int32), expected.view(np.int32))
+    stereo = np.stack([samples, samples[::-1]], axis=1)
+    mixed = stereo.astype("float64").mean(axis=1)
+    expected = (mixed / np.abs(mixed).max() if peak_normalization else mixed).astype("float32")[:, None]
+    assert np.array_equal(extractor(stereo, 16000), expected)
