@@ -17,8 +17,10 @@ log-mel features computed in the model on the device (STFT of 25 ms windows, 10 
 - ``minireturnn`` (with ``--minireturnn PATH``, a Mini-RETURNN checkout): ``python PATH/rnn.py CONFIG``, its default
   loading (one worker process; more need a dataset that supports sharding, which its OggZipDataset does not);
 - ``gpu-bound``: the reference. The same model, loss and optimizer (AdamW as the runtime sets it up) trained by a
-  plain loop on epoch 2's batches, all already in GPU memory (loaded before timing): the epoch time when loading
-  costs nothing.
+  plain loop on epoch 2's batches, all already in GPU memory (loaded before timing), its thread and torch's backward
+  thread on one CPU as the runtime runs them: the epoch time when loading costs nothing.
+
+``--amp bfloat16`` adds ``torch_amp_options = {'dtype': 'bfloat16'}`` (both runtimes and the reference autocast).
 
 Printed per setting: epoch 2's time (the run's own log line), the computing share (ours: the epoch summary's; the
 rest of the time the loop waited for data), the ratio of the epoch to the GPU-bound reference and to Mini-RETURNN's
@@ -30,6 +32,7 @@ once). Needs ``soundfile`` and ``i6_models`` (with ``typeguard``) importable; lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import multiprocessing
@@ -257,6 +260,8 @@ def write_config(path: str, paths: Dict[str, str], args: argparse.Namespace, ext
         layers=args.layers,
         dim=args.dim,
     )
+    if args.amp:
+        text += f"torch_amp_options = {{'dtype': {args.amp!r}}}\n"
     if extra:
         text += f"\n# setting\n{extra}\n"
     with open(path, "w") as f:
@@ -335,6 +340,7 @@ def gpu_bound(config_path: str, device: str) -> Dict[str, float]:
     from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
     from i6_minireturnn.data.registry import init_dataset
     from i6_minireturnn.engine.optimizer_implementation import default_implementation
+    from i6_minireturnn.loop_tuning import pinned_training_loop
 
     config = runpy.run_path(config_path)
     torch.manual_seed(1)
@@ -346,7 +352,7 @@ def gpu_bound(config_path: str, device: str) -> Dict[str, float]:
     epochs = {}
     for epoch in (1, 2):
         epochs[epoch] = [
-            {k: (batch[k].to(device) if k in ("data", "classes") else batch[k]) for k in keys}
+            {k: batch[k].to(device) for k in keys}  # the lengths too, as the runtime moves every tensor
             for batch in EpochBatches(dataset, epoch, options)
         ]
     model = config["get_model"]().to(device)
@@ -355,21 +361,26 @@ def gpu_bound(config_path: str, device: str) -> Dict[str, float]:
     kwargs = {"lr": config["learning_rate"], "eps": opts.pop("epsilon"), **opts}
     kwargs.update(default_implementation(torch.optim.AdamW, kwargs, list(model.parameters())))
     optimizer = torch.optim.AdamW(model.parameters(), **kwargs)
+    amp = config.get("torch_amp_options")
+    autocast = torch.autocast(device.split(":")[0], getattr(torch, amp["dtype"])) if amp else contextlib.nullcontext()
     times = {}
     for epoch, batches in epochs.items():  # epoch 1 warms up (CUDA, cuDNN's choices); epoch 2 is timed
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        for batch in batches:
-            loss, norm = config["ctc_loss"](
-                model, batch["data"][:, :, 0], batch["data:size1"], batch["classes"], batch["classes:size1"]
-            )
-            optimizer.zero_grad(set_to_none=True)
-            (loss / norm).backward()
-            optimizer.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times[epoch] = time.perf_counter() - start
+        # the loop's thread and torch's backward thread on one CPU, as the runtime runs them by default
+        with pinned_training_loop(device, enabled=True):
+            start = time.perf_counter()
+            for batch in batches:
+                with autocast:
+                    loss, norm = config["ctc_loss"](
+                        model, batch["data"][:, :, 0], batch["data:size1"], batch["classes"], batch["classes:size1"]
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                (loss / norm).backward()
+                optimizer.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[epoch] = time.perf_counter() - start
     return {"epoch_s": times[2], "steps": len(epochs[2]), "computing": 1.0, "loaders": "batches in device memory"}
 
 
@@ -384,6 +395,7 @@ def main() -> None:
     parser.add_argument("--device", default="", help="the config's `device` (default: the runtimes' choice)")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--amp", default="", choices=["", "bfloat16"], help="torch_amp_options in the config")
     parser.add_argument("--_gpu_bound", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._gpu_bound:
@@ -409,7 +421,8 @@ def main() -> None:
         runs = [run for run in runs if run[0] in wanted]
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{len(os.sched_getaffinity(0))} CPUs, load average {load}; {args.layers} x {args.dim} Conformer")
+    precision = f", autocast to {args.amp}" if args.amp else ", float32"
+    print(f"{len(os.sched_getaffinity(0))} CPUs, load average {load}; {args.layers} x {args.dim} Conformer{precision}")
     results: Dict[str, List[Dict[str, object]]] = {name: [] for name, *_ in runs}
     for repeat in range(args.repeats):
         for name, command, env, extra in runs:

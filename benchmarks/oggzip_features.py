@@ -26,12 +26,14 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
-from i6_minireturnn.data.batching import BatchLimits
-from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions
-from i6_minireturnn.data.registry import init_dataset
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(BENCHMARKS), BENCHMARKS]  # this checkout's runtime, and the corpus maker beside
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from oggzip_conformer import corpus_entries, make_corpus  # noqa: E402
+
+from i6_minireturnn.data.batching import BatchLimits  # noqa: E402
+from i6_minireturnn.data.pipeline import EpochBatches, PipelineOptions  # noqa: E402
+from i6_minireturnn.data.registry import init_dataset  # noqa: E402
 
 
 def bare_loop(path: str, members: List[str], threads: int) -> float:

@@ -92,8 +92,18 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     in_flight = options.num_workers * options.prefetch
     loads = _LoadQueue(pool)
 
+    def ahead(index: int) -> bool:  # after the batch the loop needs next
+        return index > loads.taken
+
+    def never_ahead(index: int) -> bool:
+        return False
+
+    # pacing keeps one loader thread out of a busy loop's way; several loaders are there because loading is the limit
+    # (decoding audio), and waiting for windows slowed them (see loop_tuning)
+    paced = ahead if options.num_workers == 1 else never_ahead
+
     def load(index: int, items: List[Item]) -> Batch:
-        with LOOP_TUNING.loading(ahead=lambda: loads.ahead_of_loop(index)):
+        with LOOP_TUNING.loading(ahead=lambda: paced(index)):
             return load_items(dataset, items, pin)
 
     try:
@@ -119,18 +129,6 @@ class _LoadQueue:
 
     def __len__(self) -> int:
         return len(self._loads)
-
-    def ahead_of_loop(self, index: int) -> bool:
-        """Whether load `index` (counted from 0) may wait for a paced loop's window: it is after the batch the loop
-        needs next, and that batch is ready. While the loop waits for its next batch (loading is the limit, as with
-        audio decoding), no loader waits: all of them work at once. Called by loader threads."""
-        if index <= self.taken:
-            return False
-        try:
-            future = self._loads[0][0]
-        except IndexError:  # the loop took the last one meanwhile
-            return False
-        return future is not None and future.done()
 
     def add(self, func: Callable[..., Optional[Batch]], *args: Any) -> None:
         """Queues the load `func(*args)`."""

@@ -64,27 +64,25 @@ def test_a_loop_that_opens_no_window_still_gets_every_batch(streamed):
     assert seconds < 30
 
 
-def test_loaders_wait_for_a_window_only_while_the_next_batch_is_ready():
-    """With several loaders, those on later batches keep working while the loop waits for its next batch (loading is
-    the limit: decoding audio); once that batch is ready, they may wait for the loop's windows."""
-    from concurrent.futures import ThreadPoolExecutor
+def test_several_loader_threads_never_wait_for_a_window():
+    """Pacing keeps one loader thread out of a busy loop's way; several loaders (a dataset that decodes audio) are
+    there because loading is the limit, so none of them waits, even where the loop opens no window at all."""
+    waits = []
+    original = LOOP_TUNING.pacing.wait_for_window
 
-    from i6_minireturnn.data.read_ahead import _LoadQueue
+    def counting(ahead):
+        if ahead():
+            waits.append(threading.current_thread().name)
+        return original(ahead)
 
-    release = [threading.Event() for _ in range(3)]
-    with ThreadPoolExecutor(3) as pool:
-        loads = _LoadQueue(pool)
-        for index in range(3):
-            loads.add(lambda i: release[i].wait() and i, index)
-        assert [loads.ahead_of_loop(i) for i in range(3)] == [False, False, False]  # batch 0 still loading
-        release[0].set()
-        while not loads._loads[0][0].done():
-            time.sleep(0.001)
-        assert [loads.ahead_of_loop(i) for i in range(3)] == [False, True, True]  # batch 0 ready: later ones may wait
-        assert loads.take() == 0
-        assert [loads.ahead_of_loop(i) for i in range(1, 3)] == [False, False]  # batch 1 needed and not ready
-        release[1].set(), release[2].set()
-        assert [loads.take(), loads.take()] == [1, 2]
+    LOOP_TUNING.pacing.wait_for_window = counting
+    try:
+        _run_loop(paced=True, windows=False, streamed=False, workers=3)
+        assert waits == []
+        _run_loop(paced=True, windows=False, streamed=False, workers=1)
+        assert waits  # one loader ahead of the loop does wait
+    finally:
+        LOOP_TUNING.pacing.wait_for_window = original
 
 
 def test_no_loader_thread_waits_after_the_loop_ends():
