@@ -420,6 +420,12 @@ def main() -> None:
         wanted = set(args.only.split(","))
         runs = [run for run in runs if run[0] in wanted]
 
+    # byte-compiled before any run, so that the first run of each runtime pays no more than the others
+    import i6_models
+
+    compiled = [os.path.join(REPO, "i6_minireturnn"), os.path.dirname(i6_models.__file__)]
+    compiled += [os.path.abspath(args.minireturnn)] if args.minireturnn else []
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *compiled], check=False, capture_output=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     precision = f", autocast to {args.amp}" if args.amp else ", float32"
     print(f"{len(os.sched_getaffinity(0))} CPUs, load average {load}; {args.layers} x {args.dim} Conformer{precision}")
