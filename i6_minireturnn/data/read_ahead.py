@@ -92,18 +92,13 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     in_flight = options.num_workers * options.prefetch
     loads = _LoadQueue(pool)
 
-    def ahead(index: int) -> bool:  # after the batch the loop needs next
-        return index > loads.taken
-
-    def never_ahead(index: int) -> bool:
-        return False
-
     # pacing keeps one loader thread out of a busy loop's way; several loaders are there because loading is the limit
     # (decoding audio), and waiting for windows slowed them (see loop_tuning)
-    paced = ahead if options.num_workers == 1 else never_ahead
+    paced = options.num_workers == 1
 
     def load(index: int, items: List[Item]) -> Batch:
-        with LOOP_TUNING.loading(ahead=lambda: paced(index)):
+        # ahead: after the batch the loop needs next
+        with LOOP_TUNING.loading(ahead=lambda: paced and index > loads.taken):
             return load_items(dataset, items, pin)
 
     try:
