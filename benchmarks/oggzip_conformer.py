@@ -15,7 +15,9 @@ log-mel features computed in the model on the device (STFT of 25 ms windows, 10 
   without any, a fixed list: one loader thread (the default before loaders were sized from the machine), 8 threads,
   8 worker processes;
 - ``minireturnn`` (with ``--minireturnn PATH``, a Mini-RETURNN checkout): ``python PATH/rnn.py CONFIG``, its default
-  loading (one worker process; more need a dataset that supports sharding, which its OggZipDataset does not);
+  loading (one worker process; more need a dataset that supports sharding, which its OggZipDataset does not). Its
+  OggZipDataset builds a C++ helper with g++ at first use, into ``/var/tmp/$USER/returnn_native``: where g++ fails,
+  copy that folder from a machine where it was built;
 - ``gpu-bound``: the reference. The same model, loss and optimizer (AdamW as the runtime sets it up) trained by a
   plain loop on epoch 2's batches, all already in GPU memory (loaded before timing), its thread and torch's backward
   thread on one CPU as the runtime runs them: the epoch time when loading costs nothing.
