@@ -305,11 +305,13 @@ class LoopTuning:
         self.pinning.keep_off_loop_cpu()
 
     @contextlib.contextmanager
-    def loading(self, ahead: Callable[[], bool]) -> Iterator[None]:
-        """Around a loader thread's work on one batch; `ahead()`: the loop does not need this batch next."""
+    def loading(self, ahead: Callable[[], bool], *, loaders: int) -> Iterator[None]:
+        """Around a loader thread's work on one batch; `ahead()`: the loop does not need this batch next; `loaders`:
+        the threads loading this dataset. Only a single loader is paced (several are there because loading is the
+        limit, see the module)."""
         self.pinning.keep_off_loop_cpu()
         previous = getattr(self._loading, "ahead", None)
-        self._loading.ahead = ahead
+        self._loading.ahead = ahead if loaders == 1 else None
         try:
             yield
         finally:

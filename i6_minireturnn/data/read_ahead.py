@@ -92,13 +92,9 @@ def read_ahead_planned(dataset: Dataset, plan: List[List[Item]], options: Pipeli
     in_flight = options.num_workers * options.prefetch
     loads = _LoadQueue(pool)
 
-    # pacing keeps one loader thread out of a busy loop's way; several loaders are there because loading is the limit
-    # (decoding audio), and waiting for windows slowed them (see loop_tuning)
-    paced = options.num_workers == 1
-
     def load(index: int, items: List[Item]) -> Batch:
         # ahead: after the batch the loop needs next
-        with LOOP_TUNING.loading(ahead=lambda: paced and index > loads.taken):
+        with LOOP_TUNING.loading(lambda: index > loads.taken, loaders=options.num_workers):
             return load_items(dataset, items, pin)
 
     try:
@@ -175,7 +171,7 @@ def read_ahead_streamed(dataset: Dataset, options: PipelineOptions, seed: int) -
 
     def next_batch() -> Optional[Batch]:
         nonlocal produced
-        with LOOP_TUNING.loading(ahead):
+        with LOOP_TUNING.loading(ahead, loaders=1):
             batch = next(batches, None)
         produced += 1
         return batch
