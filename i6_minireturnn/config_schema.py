@@ -635,7 +635,7 @@ _KEYS: List[Key] = [
     ),
     _tuning(
         "data_loader_pacing",
-        "loader threads ahead of the loop work only while the loop waits or runs backward",
+        "on a GPU, a single loader thread ahead of the loop works only while the loop waits or runs backward",
         _FLAG,
         True,
     ),

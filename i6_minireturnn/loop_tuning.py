@@ -22,7 +22,10 @@ the lock only briefly, about once per layer; the loop's wait for a batch needs n
 next is always loaded at once (a loader that waited while its batch was further ahead goes on when the loop takes
 the batch before), so a loader that falls behind runs as it would unpaced. Only a dataset read by one loader thread
 is paced: several loaders are there because loading is the limit (decoding audio), and eight Vorbis-decoding threads
-paced took 6.9 s an epoch against 5.9 s unpaced (benchmarks/RESULTS.md). Evaluation and forwarding are not paced.
+paced took 6.9 s an epoch against 5.9 s unpaced (benchmarks/RESULTS.md). Evaluation, forwarding and training on the
+CPU are not paced: there the loop computes itself, its backward opens hardly any window, and a paced loader started
+each batch only when the loop took the one before (loading and the loop in turn: on 2 CPUs a config-level 4.6 M
+frames/s where loading in the loop's own thread gave 8.8 M).
 
 Pinning. Every step hands over to torch's autograd thread for the device (backward) and back. Where the two threads
 run on different CPUs, each hand-over wakes an idle CPU; on a virtual machine (as cloud GPUs are) that wake-up is a
@@ -283,10 +286,12 @@ class LoopTuning:
     def training_loop(
         self, device: str, *, paced: bool, pinned: bool, local_rank: int = 0, distributed: bool = False
     ) -> ContextManager[None]:
-        """Around a training loop on `device`: paces loader threads where `paced`, pins the loop on a GPU where
-        `pinned` (with `distributed`, the ranks on the node take distinct CPUs)."""
+        """Around a training loop on `device`: on a GPU, paces loader threads where `paced` and pins the loop where
+        `pinned` (with `distributed`, the ranks on the node take distinct CPUs). On the CPU neither: the loop computes
+        there itself, and a paced loader would wait for windows its short backward hardly opens."""
+        on_gpu = torch.device(device).type == "cuda"
         stack = contextlib.ExitStack()
-        stack.enter_context(self.pacing.training(paced))
+        stack.enter_context(self.pacing.training(paced and on_gpu))
         stack.enter_context(
             pinned_training_loop(device, enabled=pinned, local_rank=local_rank, distributed=distributed)
         )

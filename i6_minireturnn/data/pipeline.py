@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Set
 from ..errors import ConfigError, DataError
 from ..log import log
 from . import loader_count
+from .batch_memory import keep_freed_batch_memory
 from .batching import BatchLimits
 from .chunking import Chunking, LengthFilter
 from .dataset import Dataset
@@ -147,6 +148,7 @@ class EpochBatches:
         return None if self.plan is None else len(self.plan)
 
     def __iter__(self) -> Iterator[Batch]:
+        keep_freed_batch_memory()
         count = 0
         with contextlib.closing(self._read_ahead()) as batches:  # stops the loader threads also on an early exit
             for batch in batches:

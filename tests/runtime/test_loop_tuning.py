@@ -38,7 +38,7 @@ def _run_loop(*, paced: bool, windows: bool, streamed: bool, workers: int = 2):
     options = PipelineOptions(limits=BatchLimits(400, 4), num_workers=workers)
     contents = []
     start = time.monotonic()
-    with LOOP_TUNING.training_loop("cpu", paced=paced, pinned=False):
+    with LOOP_TUNING.pacing.training(paced):  # as a GPU loop is paced (a CPU loop is not)
         for batch in EpochBatches(dataset, 1, options):
             contents.append((batch["seq_tag"], batch["data"].sum().item()))
             time.sleep(0.005)
@@ -71,7 +71,7 @@ def test_several_loader_threads_never_wait_for_a_window():
     original = LOOP_TUNING.pacing.wait_for_window
 
     def counting(ahead):
-        if ahead():
+        if not LOOP_TUNING.pacing.window_open and ahead():  # it is about to wait
             waits.append(threading.current_thread().name)
         return original(ahead)
 
@@ -85,10 +85,17 @@ def test_several_loader_threads_never_wait_for_a_window():
         LOOP_TUNING.pacing.wait_for_window = original
 
 
+def test_a_training_loop_on_the_cpu_is_not_paced():
+    """On the CPU the loop computes itself and its backward opens hardly a window: a paced loader would start each
+    batch only when the loop takes the one before. Pacing (like pinning) is for GPU loops."""
+    with LOOP_TUNING.training_loop("cpu", paced=True, pinned=True):
+        assert not LOOP_TUNING.pacing.paced and LOOP_TUNING.pacing.window_open
+
+
 def test_no_loader_thread_waits_after_the_loop_ends():
     dataset = SyntheticSpeechDataset(num_seqs=40)
     options = PipelineOptions(limits=BatchLimits(60, 8), num_workers=2)
-    with LOOP_TUNING.training_loop("cpu", paced=True, pinned=False):
+    with LOOP_TUNING.pacing.training(True):
         iterator = iter(EpochBatches(dataset, 1, options))
         next(iterator)
     assert not LOOP_TUNING.pacing.paced and LOOP_TUNING.pacing.window_open
