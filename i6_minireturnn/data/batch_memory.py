@@ -4,7 +4,7 @@ Every batch is collated into fresh buffers of several MB. glibc's malloc gives s
 system when it is freed (above its mmap threshold) and trims freed memory at the top of its heaps, so a loader
 thread that allocates the buffers while the training loop frees them page-faults on every page of every batch
 again. Measured on 2 CPUs: one loader thread reading HDF batches of 40k frames x 80 made about 30 000 minor page
-faults an epoch and 6.4-6.7 M frames/s; with fixed thresholds a few hundred faults and 8.3-10.5 M frames/s
+faults an epoch and 6.4-6.7 M frames/s; with fixed thresholds a few hundred faults and 9.0-10.5 M frames/s
 (benchmarks/RESULTS.md). So, once per process, before the first epoch's batches, the thresholds are fixed:
 blocks up to 32 MB (glibc's largest threshold on 64-bit) come from the heaps, and up to 64 MB of freed memory stays
 there. Linux with glibc only; a process whose environment sets ``MALLOC_MMAP_THRESHOLD_`` or
