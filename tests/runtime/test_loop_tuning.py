@@ -75,11 +75,18 @@ def test_several_loader_threads_never_wait_for_a_window():
             waits.append(threading.current_thread().name)
         return original(ahead)
 
+    def slow_loop(workers):  # 20 ms a step, no window: loaders get ahead of it
+        dataset = _SlowDataset(num_seqs=24, seq_ordering="default")
+        options = PipelineOptions(limits=BatchLimits(400, 4), num_workers=workers)
+        with LOOP_TUNING.pacing.training(True):
+            for _ in EpochBatches(dataset, 1, options):
+                time.sleep(0.02)
+
     LOOP_TUNING.pacing.wait_for_window = counting
     try:
-        _run_loop(paced=True, windows=False, streamed=False, workers=3)
+        slow_loop(3)
         assert waits == []
-        _run_loop(paced=True, windows=False, streamed=False, workers=1)
+        slow_loop(1)
         assert waits  # one loader ahead of the loop does wait
     finally:
         LOOP_TUNING.pacing.wait_for_window = original
