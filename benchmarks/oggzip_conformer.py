@@ -2,6 +2,7 @@
 
     python benchmarks/oggzip_conformer.py [--utterances 2000] [--minireturnn PATH] [--workdir DIR]
         [--setting 'NAME=CONFIG LINES'] [--only default,gpu-bound] [--repeats 1] [--device cpu --layers 1 ...]
+        [--amp bfloat16] [--common 'CONFIG LINES']
 
 Generates (once, in ``--workdir``) a training OggZip of `--utterances` utterances of 2.4-16 s of 16 kHz speech-like
 audio (a voiced source with a moving pitch, syllable envelopes and noise) encoded as Vorbis, a dev OggZip of 40 and
@@ -23,6 +24,8 @@ log-mel features computed in the model on the device (STFT of 25 ms windows, 10 
   thread on one CPU as the runtime runs them: the epoch time when loading costs nothing.
 
 ``--amp bfloat16`` adds ``torch_amp_options = {'dtype': 'bfloat16'}`` (both runtimes and the reference autocast).
+``--common LINES`` appends config lines to every run's config, the reference's included (e.g.
+``import torch\ntorch.backends.cuda.enable_cudnn_sdp(False)``).
 
 Printed per setting: epoch 2's time (the run's own log line), the computing share (ours: the epoch summary's; the
 rest of the time the loop waited for data), the ratio of the epoch to the GPU-bound reference and to Mini-RETURNN's
@@ -264,6 +267,8 @@ def write_config(path: str, paths: Dict[str, str], args: argparse.Namespace, ext
     )
     if args.amp:
         text += f"torch_amp_options = {{'dtype': {args.amp!r}}}\n"
+    if args.common:
+        text += "\n# for every run\n" + args.common.replace("\\n", "\n") + "\n"
     if extra:
         text += f"\n# setting\n{extra}\n"
     with open(path, "w") as f:
@@ -398,6 +403,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--amp", default="", choices=["", "bfloat16"], help="torch_amp_options in the config")
+    parser.add_argument("--common", default="", help="config lines for every run, the reference's included")
     parser.add_argument("--_gpu_bound", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._gpu_bound:
@@ -430,7 +436,11 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", *compiled], check=False, capture_output=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     precision = f", autocast to {args.amp}" if args.amp else ", float32"
-    print(f"{len(os.sched_getaffinity(0))} CPUs, load average {load}; {args.layers} x {args.dim} Conformer{precision}")
+    common = f"; every config ends with {args.common!r}" if args.common else ""
+    print(
+        f"{len(os.sched_getaffinity(0))} CPUs, load average {load}; {args.layers} x {args.dim} Conformer{precision}"
+        + common
+    )
     results: Dict[str, List[Dict[str, object]]] = {name: [] for name, *_ in runs}
     for repeat in range(args.repeats):
         for name, command, env, extra in runs:
