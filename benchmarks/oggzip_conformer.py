@@ -302,19 +302,33 @@ def tree_pss_kb(root: int) -> int:
 
 
 def run_process(name: str, command: List[str], folder: str, env: Dict[str, str]) -> Dict[str, object]:
-    """Runs `command` in `folder`, sampling the memory of its process tree; its log, time and peak memory."""
+    """Runs `command` in `folder`, sampling the memory of its process tree; its log, time and peak memory. The log
+    is also written to ``log.txt`` with the seconds since the start before each line (where a process's time goes)."""
+    import threading
+
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
+    lines: List[str] = []
     start = time.perf_counter()
-    with open(os.path.join(folder, "log.txt"), "w") as log_file:
-        process = subprocess.Popen(command, cwd=folder, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        peak = 0
-        while process.poll() is None:
-            peak = max(peak, tree_pss_kb(process.pid))
-            time.sleep(0.2)
+    process = subprocess.Popen(
+        command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+
+    def read_lines() -> None:
+        with open(os.path.join(folder, "log.txt"), "w") as timed:
+            for line in process.stdout:
+                lines.append(line)
+                timed.write(f"[{time.perf_counter() - start:7.2f}] {line}")
+
+    reader = threading.Thread(target=read_lines, daemon=True)
+    reader.start()
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, tree_pss_kb(process.pid))
+        time.sleep(0.2)
     wall = time.perf_counter() - start
-    with open(os.path.join(folder, "log.txt")) as f:
-        log = f.read()
+    reader.join()
+    log = "".join(lines)
     if process.returncode != 0:
         raise RuntimeError(f"{name} failed ({' '.join(command)}):\n{log[-3000:]}")
     return {"log": log, "wall_s": wall, "peak_mb": peak / 1024}
