@@ -2,7 +2,7 @@
 
     python benchmarks/oggzip_conformer.py [--utterances 2000] [--minireturnn PATH] [--workdir DIR]
         [--setting 'NAME=CONFIG LINES'] [--only default,gpu-bound] [--repeats 1] [--device cpu --layers 1 ...]
-        [--amp bfloat16] [--common 'CONFIG LINES']
+        [--amp bfloat16] [--common 'CONFIG LINES'] [--also CHECKOUT]
 
 Generates (once, in ``--workdir``) a training OggZip of `--utterances` utterances of 2.4-16 s of 16 kHz speech-like
 audio (a voiced source with a moving pitch, syllable envelopes and noise) encoded as Vorbis, a dev OggZip of 40 and
@@ -15,6 +15,8 @@ log-mel features computed in the model on the device (STFT of 25 ms windows, 10 
 - the settings named by ``--setting NAME=LINES`` (config lines appended, e.g. ``threads-1=num_workers_per_gpu = 1``);
   without any, a fixed list: one loader thread (the default before loaders were sized from the machine), 8 threads,
   8 worker processes;
+- ``also-N`` (with ``--also CHECKOUT``): another checkout of this runtime (e.g. the commit before a change) with the
+  config as it is;
 - ``minireturnn`` (with ``--minireturnn PATH``, a Mini-RETURNN checkout): ``python PATH/rnn.py CONFIG``, its default
   loading (one worker process; more need a dataset that supports sharding, which its OggZipDataset does not). Its
   OggZipDataset builds a C++ helper with g++ at first use, into ``/var/tmp/$USER/returnn_native``: where g++ fails,
@@ -411,6 +413,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/i6_minireturnn_oggzip_conformer")
     parser.add_argument("--minireturnn", default="", help="a Mini-RETURNN checkout, run with the same config")
     parser.add_argument("--setting", action="append", default=[], help="NAME=CONFIG LINES: one more run of ours")
+    parser.add_argument("--also", action="append", default=[], help="another checkout of this runtime: one more run")
     parser.add_argument("--only", default="", help="comma-separated names of the runs to make (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each setting, alternated; medians printed")
     parser.add_argument("--device", default="", help="the config's `device` (default: the runtimes' choice)")
@@ -432,6 +435,9 @@ def main() -> None:
     for setting in ["default="] + (args.setting or DEFAULT_SETTINGS):
         name, _, lines = setting.partition("=")
         runs.append((name, [sys.executable, "-m", "i6_minireturnn"], ours_env, lines.replace("\\n", "\n")))
+    for index, checkout in enumerate(args.also):
+        also_env = {**ours_env, "PYTHONPATH": os.pathsep.join([os.path.abspath(checkout)] + inherited)}
+        runs.append((f"also-{index}", [sys.executable, "-m", "i6_minireturnn"], also_env, ""))
     if args.minireturnn:
         root = os.path.abspath(args.minireturnn)
         mini_env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + inherited), "PYTHONUNBUFFERED": "1"}
@@ -447,6 +453,7 @@ def main() -> None:
 
     compiled = [os.path.join(REPO, "i6_minireturnn"), os.path.dirname(i6_models.__file__)]
     compiled += [os.path.abspath(args.minireturnn)] if args.minireturnn else []
+    compiled += [os.path.join(os.path.abspath(checkout), "i6_minireturnn") for checkout in args.also]
     subprocess.run([sys.executable, "-m", "compileall", "-q", *compiled], check=False, capture_output=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     precision = f", autocast to {args.amp}" if args.amp else ", float32"
@@ -495,6 +502,8 @@ def main() -> None:
         row += f"{wall:7.1f}s " + (f"{wall / mini_wall:6.2f} " if mini_wall else f"{'':6s} ")
         row += f"{median(name, 'peak_mb'):8.0f}"
         print(row)
+    for index, checkout in enumerate(args.also):
+        print(f"also-{index}: {os.path.abspath(checkout)}")
     for name in [name for name in results if results[name]]:
         if results[name][0].get("loaders"):
             print(f"{name}: {results[name][0]['loaders']}")
