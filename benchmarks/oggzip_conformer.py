@@ -482,7 +482,12 @@ def main() -> None:
                 continue
             figures.update(wall_s=done["wall_s"], peak_mb=done["peak_mb"])
             results[name].append(figures)
-            print(f"  [{repeat + 1}] {name}: epoch 2 {figures['epoch_s']:.2f} s, process {done['wall_s']:.1f} s")
+            share = f" (computing {100 * figures['computing']:.0f}%)" if figures.get("computing") is not None else ""
+            print(
+                f"  [{repeat + 1}] {name}: epoch 2 {figures['epoch_s']:.2f} s{share}, process {done['wall_s']:.1f} s, "
+                f"peak {done['peak_mb']:.0f} MB",
+                flush=True,
+            )
 
     def median(name: str, key: str) -> Optional[float]:
         values = [r[key] for r in results.get(name, []) if r.get(key) is not None]
