@@ -27,13 +27,15 @@ log-mel features computed in the model on the device (STFT of 25 ms windows, 10 
 
 ``--amp bfloat16`` adds ``torch_amp_options = {'dtype': 'bfloat16'}`` (both runtimes and the reference autocast).
 ``--common LINES`` appends config lines to every run's config, the reference's included (e.g.
-``import torch\ntorch.backends.cuda.enable_cudnn_sdp(False)``).
+``import torch\\ntorch.backends.cuda.enable_cudnn_sdp(False)``, for attention in bfloat16).
 
 Printed per setting: epoch 2's time (the run's own log line), the computing share (ours: the epoch summary's; the
 rest of the time the loop waited for data), the ratio of the epoch to the GPU-bound reference and to Mini-RETURNN's
 default, the whole process's time, and the peak memory of the process tree (the sum of the proportional set sizes of
 the process and its children, sampled every 0.2 s: pages shared between a parent and its forked workers are counted
-once). Needs ``soundfile`` and ``i6_models`` (with ``typeguard``) importable; log-mel needs no librosa here.
+once). Each run's log stays in ``WORKDIR/runs/NAME/log.txt``, every line after the seconds since the run's start
+(where a whole process's time goes). Needs ``soundfile`` and ``i6_models`` (with ``typeguard``) importable; log-mel
+needs no librosa here.
 """
 
 from __future__ import annotations
