@@ -51,6 +51,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from typing import Dict, List, Optional, Tuple
@@ -308,8 +309,6 @@ def tree_pss_kb(root: int) -> int:
 def run_process(name: str, command: List[str], folder: str, env: Dict[str, str]) -> Dict[str, object]:
     """Runs `command` in `folder`, sampling the memory of its process tree; its log, time and peak memory. The log
     is also written to ``log.txt`` with the seconds since the start before each line (where a process's time goes)."""
-    import threading
-
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     lines: List[str] = []
