@@ -29,9 +29,8 @@ def keep_freed_batch_memory() -> bool:
     global _done
     if _done:
         return True
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    users_choice = "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ
+    if not sys.platform.startswith("linux") or users_choice:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
