@@ -4,6 +4,7 @@ process-wide."""
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 
@@ -46,8 +47,11 @@ def _faults(mode: str, env=None) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_kept_thresholds_spare_the_page_faults_of_fresh_batches():
     # 120 batches of about 1700 pages each: without the fixed thresholds most of their pages fault anew (glibc's own
-    # raising of the mmap threshold helps in some runs, depending on how the threads meet)
-    assert _faults("kept") < 2000
+    # raising of the mmap threshold helps in some runs, depending on how the threads meet: 1 100-33 000 faults on a
+    # busy 2-CPU machine, median 17 000). With them only the heap's growth to a new high-water mark faults, which
+    # depends on how many batches are in flight at once: 7-2 600 there, median under 1 000. So the median of five
+    # runs is compared.
+    assert statistics.median(_faults("kept") for _ in range(5)) < 4000
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
